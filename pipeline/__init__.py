@@ -1,0 +1,1 @@
+"""mtrec pipeline: data, training, evaluation, launching and the `mtrec` CLI."""
