@@ -70,9 +70,14 @@ def _train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from pipeline.eval.report import render_markdown
     from pipeline.train.trainer import train_main
 
-    train_main(args)
+    summary = train_main(args)
+    if summary is not None:  # rank 0
+        print(f"trained {summary['steps']} steps on {summary['world_size']} rank(s)"
+              f"{' (stopped early)' if summary['stopped_early'] else ''}; validation:")
+        print(render_markdown(summary["validation"]))
 
 
 def _evaluate(sub: argparse._SubParsersAction) -> None:
@@ -90,8 +95,11 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     from pipeline.eval.evaluate import evaluate_main
+    from pipeline.eval.report import render_markdown
 
-    evaluate_main(args)
+    report = evaluate_main(args)
+    if report is not None:  # rank 0
+        print(render_markdown(report))
 
 
 def _metrics(sub: argparse._SubParsersAction) -> None:
@@ -146,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # TorchRec logs every pipeline (re)build at INFO
+        logging.getLogger("torchrec").setLevel(logging.WARNING)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback wall

@@ -1,0 +1,115 @@
+"""TorchX components: `train` and `evaluate` as AppDefs built on `dist.ddp`.
+
+    torchx run -s local_cwd pipeline/components.py:train --config configs/census_adatt.yaml \\
+        --data runs/data/census --out runs/adatt -j 1x2
+    torchx run -s local_docker --workspace "" pipeline/components.py:train --image mtrec:cpu ... -j 2x1
+
+The same components run on `slurm` and `kubernetes` (docs/CLUSTER.md). Every replica runs
+`torchrun ... -m pipeline <command>`, so a job is exactly the plain CLI under torchrun.
+TorchX 0.7.0's component linter wants `typing` generics (List/Dict/Optional), not PEP 585/604.
+"""
+from typing import Dict, List, Optional
+
+import torchx.specs as specs
+from torchx.components import dist
+
+
+def _ddp(args: List[str], name: str, image: str, j: str, cpu: int, gpu: int, memMB: int, max_retries: int,
+         max_restarts: int, mounts: Optional[List[str]], env: Optional[Dict[str, str]], rdzv_port: int) -> specs.AppDef:
+    app = dist.ddp(*args, m="pipeline", name=name, image=image, j=j, cpu=cpu, gpu=gpu, memMB=memMB,
+                   max_retries=max_retries, mounts=mounts, env=env, rdzv_port=rdzv_port)
+    if max_restarts:
+        # dist.ddp has no knob for torchrun's own restarts; they re-launch every local worker, which
+        # then resume from the latest complete checkpoint (a failed rank never needs a person).
+        role = app.roles[0]
+        role.args[-1] = role.args[-1].replace("torchrun ", f"torchrun --max-restarts {max_restarts} ", 1)
+    return app
+
+
+def train(
+    config: str,
+    data: str,
+    out: str,
+    max_steps: Optional[int] = None,
+    epochs: Optional[int] = None,
+    seed: Optional[int] = None,
+    overrides: Optional[List[str]] = None,
+    image: str = "mtrec:cpu",
+    j: str = "1x2",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 4096,
+    max_retries: int = 0,
+    max_restarts: int = 0,
+    mounts: Optional[List[str]] = None,
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+) -> specs.AppDef:
+    """Train a multi-task model with sharded embeddings (mtrec train) on nnodes x nproc_per_node ranks.
+
+    Args:
+        config: job YAML (e.g. configs/census_adatt_dml.yaml), a path inside the image or the CWD
+        data: dataset directory written by `mtrec prepare`
+        out: run directory (checkpoints, sharding plan, logs); shared by every replica
+        max_steps: step budget (overrides train.max_steps)
+        epochs: number of epochs (overrides train.epochs)
+        seed: random seed (overrides train.seed)
+        overrides: extra key=value config overrides, e.g. train.batch_size=512
+        image: container image (ignored by local_cwd)
+        j: [{min_nnodes}:]{nnodes}x{nproc_per_node}
+        cpu: CPUs per replica
+        gpu: GPUs per replica
+        memMB: memory per replica in MB (also the container's /dev/shm size on local_docker)
+        max_retries: scheduler-level retries of a failed replica
+        max_restarts: torchrun-level restarts of all local workers; they resume from the last checkpoint
+        mounts: mounts, e.g. type=bind,src=/host/runs,dst=/runs
+        env: environment variables for every replica
+        rdzv_port: port of the c10d rendezvous on replica 0 (multi-node)
+    """
+    args = ["train", "--config", config, "--data", data, "--out", out]
+    for flag, value in (("--max-steps", max_steps), ("--epochs", epochs), ("--seed", seed)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += list(overrides or [])
+    return _ddp(args, "mtrec-train", image, j, cpu, gpu, memMB, max_retries, max_restarts, mounts, env, rdzv_port)
+
+
+def evaluate(
+    config: str,
+    checkpoint: str,
+    data: str,
+    out: str,
+    write_predictions: bool = False,
+    auc_mode: str = "bounded",
+    image: str = "mtrec:cpu",
+    j: str = "1x1",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 4096,
+    mounts: Optional[List[str]] = None,
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+) -> specs.AppDef:
+    """Stream a Parquet log through a trained model and write per-task NE/AUC/calibration (mtrec evaluate).
+
+    Args:
+        config: job YAML the model was trained with
+        checkpoint: run directory or a checkpoint directory
+        data: dataset split directory or a Parquet glob
+        out: report directory
+        write_predictions: also write predictions to Parquet (one file per rank)
+        auc_mode: bounded (histogram, certified error bound) or exact
+        image: container image (ignored by local_cwd)
+        j: [{min_nnodes}:]{nnodes}x{nproc_per_node}
+        cpu: CPUs per replica
+        gpu: GPUs per replica
+        memMB: memory per replica in MB
+        mounts: mounts, e.g. type=bind,src=/host/runs,dst=/runs
+        env: environment variables for every replica
+        rdzv_port: port of the c10d rendezvous on replica 0 (multi-node)
+    """
+    args = ["evaluate", "--config", config, "--checkpoint", checkpoint, "--data", data, "--out", out,
+            "--auc-mode", auc_mode]
+    if write_predictions:
+        args.append("--write-predictions")
+    return _ddp(args, "mtrec-evaluate", image, j, cpu, gpu, memMB, 0, 0, mounts, env, rdzv_port)

@@ -1,0 +1,87 @@
+"""`mtrec evaluate`: stream a Parquet log through a trained (sharded) model and report per-task
+metrics, under any world size the planner can serve.
+
+The checkpoint's model is re-sharded by DCP onto this job's plan, so a model trained on 2 ranks
+evaluates on 1 or 4. Metric states are sums merged by all-reduce: the report is identical for any
+world size and file order (docs/METRICS.md). Rank 0 writes the report; each rank writes its own
+predictions file when asked.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from models.factory import build_model
+from pipeline.config import load_job_config
+from pipeline.data.reader import ParquetBatchStream, make_loader, padding_batch
+from pipeline.data.schema import DatasetSchema
+from pipeline.eval.inference import equal_steps, run_inference
+from pipeline.eval.metric_state import MultiTaskMetrics
+from pipeline.eval.predictions import prediction_writer
+from pipeline.eval.report import write_report
+from pipeline.train.checkpoint import load_checkpoint, resolve_checkpoint
+from pipeline.train.distributed import init_distributed, shutdown_distributed
+from pipeline.train.sharding import plan_sharding, wrap_model
+
+log = logging.getLogger(__name__)
+
+
+def resolve_data(data: str) -> list[str]:
+    """A split directory (its *.parquet files) or a glob; sorted, never empty."""
+    path = Path(data)
+    paths = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else sorted(glob.glob(data))
+    if not paths:
+        raise FileNotFoundError(f"--data {data}: no Parquet files (give a split directory or a glob)")
+    return paths
+
+
+def schema_for(data_paths: list[str], run_dir: Path) -> DatasetSchema:
+    """The dataset's schema.yaml when the files sit in a prepared dataset's split directory,
+    else the copy the trainer saved into the run directory."""
+    dataset_dir = Path(data_paths[0]).parent.parent
+    if (dataset_dir / "schema.yaml").is_file():
+        return DatasetSchema.load(dataset_dir)
+    return DatasetSchema.load(run_dir)
+
+
+def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    """Entry point of `mtrec evaluate`; returns the report on rank 0 (None elsewhere)."""
+    cfg = load_job_config(args.config, args.overrides)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    paths = resolve_data(args.data)
+    schema = schema_for(paths, checkpoint.parents[1])
+    inputs = schema.input_spec()
+    ctx = init_distributed()
+    try:
+        model = build_model(cfg.model, inputs, ebc_device="meta")
+        plan = plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size)
+        dmp = wrap_model(model, plan, ctx)
+        meta = load_checkpoint(checkpoint, dmp, None, ctx)
+        stream = ParquetBatchStream(schema, paths, cfg.eval.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                                    num_workers=cfg.data.num_workers, shuffle=False, with_keys=True)
+        batches, _ = equal_steps(iter(make_loader(stream, cfg.data.num_workers)), stream.num_batches(),
+                                 padding_batch(schema), ctx)
+        train_rates = schema.splits["train"].positive_rates if "train" in schema.splits else {}
+        metrics = MultiTaskMetrics(inputs.tasks, auc_mode=args.auc_mode, baseline_rates=train_rates)
+        out = Path(args.out)
+        with (prediction_writer(out, ctx.rank, inputs.task_names) if args.write_predictions
+              else contextlib.nullcontext()) as writer:
+            def consume(outputs: dict) -> None:
+                metrics.update(outputs["predictions"], outputs["labels"], outputs["masks"], outputs["weights"])
+                if writer is not None:
+                    writer.write(outputs)
+
+            run_inference(dmp, batches, ctx, consume)
+        metrics.all_reduce_()
+        report = {**metrics.compute(), "checkpoint": str(checkpoint), "step": meta["step"],
+                  "data": args.data, "files": len(paths), "world_size": ctx.world_size}
+        if ctx.is_main:
+            write_report(out, report, metrics.histograms(), metrics.mantissa_bits)
+            log.info("report written to %s", out)
+        return report if ctx.is_main else None
+    finally:
+        shutdown_distributed()

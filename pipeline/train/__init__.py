@@ -1,0 +1,1 @@
+"""Training: process group, sharding plan, optimisers, checkpoints, and the trainer loop."""

@@ -1,0 +1,90 @@
+"""Process-group set-up for torchrun (any world size) and for a single plain process.
+
+gloo on CPU, NCCL when CUDA is available: picked automatically. A plain `mtrec train` (no torchrun
+environment) still gets a 1-rank gloo group, because DistributedModelParallel and the planner's
+collective plan need one; the code path is then identical for 1 and N ranks.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistContext:
+    """Join (or create) the default process group and pick the device for this rank."""
+    use_cuda = torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if not dist.is_initialized():
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:  # a plain process: a private 1-rank group on a free loopback port
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                    rank=0, world_size=1)
+    ctx = DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
+        device=device,
+        backend=backend,
+    )
+    log.info("process group: rank %d of %d, backend %s, device %s", ctx.rank, ctx.world_size, backend, device)
+    return ctx
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG the job uses. The same seed on every rank keeps model init identical
+    across ranks (DDP also broadcasts rank 0's dense weights)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_reduce_int(value: int, op: dist.ReduceOp, device: torch.device) -> int:
+    """An int agreed by every rank (e.g. MIN of local batch counts so all ranks run equal steps)."""
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=op)
+    return int(t.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+

@@ -1,0 +1,61 @@
+"""Job config validation: errors at start-up, naming the key path."""
+from pathlib import Path
+
+import pytest
+
+from models.inputs import InputSpec, SparseFeature, Task
+from models.typed_config import ConfigError
+from pipeline.config import ShardingConfig, TableShardingConfig, apply_overrides, load_job_config
+from pipeline.train.sharding import build_constraints
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+INPUTS = InputSpec(dense_dim=2, sparse_features=(SparseFeature("a", 10, 4), SparseFeature("b", 20, 4)),
+                   tasks=(Task("x"), Task("y")))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_job_config(path)
+    assert cfg.train.batch_size >= 1
+
+
+def test_unknown_key_names_the_path(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  batch_sise: 10\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: train: unknown key\(s\) \['batch_sise'\]"):
+        load_job_config(p)
+
+
+def test_wrong_type_names_the_path(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  dense_optimizer: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=r"train.dense_optimizer.lr: expected a number"):
+        load_job_config(p)
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train: {epochs: 1}\n")
+    cfg = load_job_config(p, ["train.epochs=3", "train.dense_optimizer.lr=0.01", "train.max_steps=null"])
+    assert (cfg.train.epochs, cfg.train.dense_optimizer.lr, cfg.train.max_steps) == (3, 0.01, None)
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_row_wise_on_cpu_is_rejected_naming_the_table():
+    cfg = ShardingConfig(tables={"t_b": TableShardingConfig(sharding_types=("row_wise",))})
+    with pytest.raises(ConfigError, match=r"sharding.tables.t_b: .*\['row_wise'\] for table t_b need GPUs"):
+        build_constraints(cfg, INPUTS, "cpu")
+    assert "t_b" in build_constraints(cfg, INPUTS, "cuda")
+
+
+def test_unknown_table_is_rejected():
+    cfg = ShardingConfig(tables={"t_zzz": TableShardingConfig(sharding_types=("table_wise",))})
+    with pytest.raises(ConfigError, match=r"unknown table\(s\) \['t_zzz'\]"):
+        build_constraints(cfg, INPUTS, "cpu")
+
+
+def test_default_constraints_apply_to_every_table():
+    cfg = ShardingConfig(default=TableShardingConfig(sharding_types=("column_wise",)))
+    cons = build_constraints(cfg, INPUTS, "cpu")
+    assert {k: v.sharding_types for k, v in cons.items()} == {"t_a": ["column_wise"], "t_b": ["column_wise"]}
