@@ -21,6 +21,7 @@ def _prepare(sub: argparse._SubParsersAction) -> None:
                    choices=["associates_plus", "bachelors_plus", "mmoeex_as_coded"])
     c.add_argument("--seed", type=int, default=0, help="seed of the validation/test split of the test file")
     c.add_argument("--row-group-rows", type=int, default=16384)
+    c.add_argument("--overwrite", action="store_true", help="replace an existing dataset made differently")
     s = kinds.add_parser("synthetic", help="MMoE-style generator with controllable task correlation")
     s.add_argument("--out", required=True)
     s.add_argument("--rows", type=int, required=True)
@@ -34,6 +35,7 @@ def _prepare(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--valid-fraction", type=float, default=0.1)
     s.add_argument("--test-fraction", type=float, default=0.1)
     s.add_argument("--row-group-rows", type=int, default=65536)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset made differently")
     p.set_defaults(func=_run_prepare)
 
 
@@ -42,7 +44,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
         from pipeline.data.census import prepare_census
 
         summary = prepare_census(out=args.out, raw_dir=args.raw, edu_def=args.edu_def, seed=args.seed,
-                                 row_group_rows=args.row_group_rows)
+                                 row_group_rows=args.row_group_rows, overwrite=args.overwrite)
     else:
         from pipeline.data.synthetic import SyntheticSpec, prepare_synthetic
 
@@ -50,7 +52,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
                              dense_dim=args.dense_dim, sparse_features=args.sparse_features, vocab=args.vocab,
                              regression=args.regression, valid_fraction=args.valid_fraction,
                              test_fraction=args.test_fraction, row_group_rows=args.row_group_rows)
-        summary = prepare_synthetic(spec, out=args.out)
+        summary = prepare_synthetic(spec, out=args.out, overwrite=args.overwrite)
     print(summary)
 
 

@@ -48,7 +48,7 @@ def init_distributed() -> DistContext:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if not dist.is_initialized():
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend=backend)
+            _init_from_torchrun_env(backend)
         else:  # a plain process: a private 1-rank group on a free loopback port
             dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
                                     rank=0, world_size=1)
@@ -62,6 +62,25 @@ def init_distributed() -> DistContext:
     )
     log.info("process group: rank %d of %d, backend %s, device %s", ctx.rank, ctx.world_size, backend, device)
     return ctx
+
+
+def _init_from_torchrun_env(backend: str) -> None:
+    """env:// initialisation, with a store namespace per torchrun restart attempt.
+
+    After `torchrun --max-restarts` restarts the workers, they rendezvous on the same agent store
+    as the failed attempt; without a fresh namespace a fast rank can read a dead peer's gloo
+    address left by the previous attempt and wait forever to connect to it.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0:
+        dist.init_process_group(backend=backend)
+        return
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_hosts_store and rank == 0)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"mtrec/attempt_{attempt}", store),
+                            rank=rank, world_size=world_size)
 
 
 def shutdown_distributed() -> None:

@@ -60,6 +60,14 @@ def build_optimizer(dmp: DistributedModelParallel, cfg: TrainConfig) -> Combined
     return CombinedOptimizer([("sparse", dmp.fused_optimizer), ("dense", dense)])
 
 
+def materialize_dense_state(optimizer: CombinedOptimizer) -> None:
+    """Create the dense optimiser's lazy state (e.g. Adam moments) with one zero-gradient step, so
+    a checkpoint can be loaded into it in place: DCP only fills keys the template already has, and
+    a fresh Adam has none. The fused embedding optimiser's state exists from construction."""
+    dict(optimizer.optimizers)["dense"].init_state()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class LRSchedule:
     """Sets every param group's LR (dense and fused) to base_lr × factor(step).
 

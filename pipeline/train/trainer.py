@@ -34,7 +34,7 @@ from pipeline.data.schema import DatasetSchema
 from pipeline.eval.validation import validate
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.distributed import DistContext, all_reduce_int, init_distributed, seed_everything, shutdown_distributed
-from pipeline.train.optimizer import LRSchedule, build_optimizer, fuse_sparse_optimizer
+from pipeline.train.optimizer import LRSchedule, build_optimizer, fuse_sparse_optimizer, materialize_dense_state
 from pipeline.train.run_log import RunLog
 from pipeline.train.sharding import describe_plan, plan_sharding, wrap_model
 
@@ -239,6 +239,7 @@ class Trainer:
             if require_checkpoint:
                 raise ckpt.CheckpointError(f"--resume: no complete checkpoint under {self.run_dir}/checkpoints")
             return Progress()
+        materialize_dense_state(self.optimizer)  # params are overwritten by the load right after
         meta = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.ctx, self.plan_text)
         if meta.get("dataset") != dataset_identity(self.schema):
             raise ckpt.CheckpointError(f"{found[-1]}: written for a different dataset than {self.schema.root}")
@@ -247,4 +248,5 @@ class Trainer:
         progress = replace(progress, finished=False)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", found[-1], progress.step,
                  progress.epoch, progress.batch_in_epoch)
+        self.run_log.write("resume", progress.step, {"checkpoint": str(found[-1])})
         return progress

@@ -1,0 +1,218 @@
+"""`mtrec prepare census`: UCI Census-Income (KDD) -> an mtrec Parquet dataset (MODELS.md §9).
+
+- Raw: census-income.data.gz (199,523 rows) and census-income.test.gz (99,762 rows), 42 fields,
+  values with a leading space (stripped here; trailing spaces are part of some values and kept).
+- Splits: train = the data file; the test file is permuted with numpy default_rng(seed) and split
+  50/50 into valid (first half of the permutation) and test. row_id = line index in the data file,
+  or 199,523 + line index in the test file, so the split membership is persisted in every row.
+- Tasks: income (col 41 == "50000+."), never_married (col 7 == "Never married"), education (col 4
+  in the set of `--edu-def`, MODELS.md §9.2).
+- Features: every column except 4, 7 (label sources), 24 (instance weight, kept as the extra column
+  `instance_weight`, neither a feature nor the sample weight) and 41. The 7 continuous columns are
+  min-max scaled with train statistics (valid/test clipped to [0, 1]); the 31 categorical columns
+  become scalar int64 ids, vocabulary = sorted distinct train values, id = 1 + position, 0 = unseen.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+import pipeline
+from pipeline.data.atomic import atomic_dir
+from pipeline.data.schema import (DataError, DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
+                                  existing_dataset)
+
+log = logging.getLogger(__name__)
+
+RAW_FILES = {"data": "census-income.data.gz", "test": "census-income.test.gz"}
+
+# The 42 fields in file order (names after census-income.names; index 24 is the instance weight).
+COLUMNS = (
+    "age", "class_of_worker", "industry_code", "occupation_code", "education", "wage_per_hour",
+    "enrolled_in_edu_inst_last_wk", "marital_status", "major_industry_code", "major_occupation_code", "race",
+    "hispanic_origin", "sex", "member_of_labor_union", "reason_for_unemployment",
+    "full_or_part_time_employment_stat", "capital_gains", "capital_losses", "dividends_from_stocks",
+    "tax_filer_status", "region_of_previous_residence", "state_of_previous_residence",
+    "detailed_household_and_family_stat", "detailed_household_summary_in_household", "instance_weight",
+    "migration_code_change_in_msa", "migration_code_change_in_reg", "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt", "num_persons_worked_for_employer",
+    "family_members_under_18", "country_of_birth_father", "country_of_birth_mother", "country_of_birth_self",
+    "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits", "weeks_worked_in_year", "year", "income",
+)
+CONTINUOUS = tuple(COLUMNS[i] for i in (0, 5, 16, 17, 18, 30, 39))
+NOT_FEATURES = ("education", "marital_status", "instance_weight", "income")  # columns 4, 7, 24, 41
+CATEGORICAL = tuple(c for c in COLUMNS if c not in CONTINUOUS and c not in NOT_FEATURES)
+
+INCOME_VALUES = ("- 50000.", "50000+.")
+_BACHELORS_UP = ("Bachelors degree(BA AB BS)", "Masters degree(MA MS MEng MEd MSW MBA)",
+                 "Prof school degree (MD DDS DVM LLB JD)", "Doctorate degree(PhD EdD)")
+EDUCATION_DEFS = {
+    # MMoE's ">= college": both Associates degrees and up. Note the space before "/" (sic, UCI).
+    "associates_plus": ("Associates degree-occup /vocational", "Associates degree-academic program") + _BACHELORS_UP,
+    "bachelors_plus": _BACHELORS_UP,  # MMoEEx's intended definition
+    # MMoEEx's code as it runs: its Prof-school literal never matches, so Prof school counts as negative.
+    "mmoeex_as_coded": tuple(v for v in _BACHELORS_UP if not v.startswith("Prof school")),
+}
+TASKS = (
+    TaskColumn(name="income", label="label_income"),
+    TaskColumn(name="never_married", label="label_never_married"),
+    TaskColumn(name="education", label="label_education"),
+)
+
+
+def shipped_raw_dir() -> Path:
+    """data/census-income-kdd of the checkout this package was imported from."""
+    return Path(pipeline.__file__).resolve().parents[1] / "data" / "census-income-kdd"
+
+
+def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_def: str = "associates_plus",
+                   seed: int = 0, row_group_rows: int = 16384, overwrite: bool = False) -> str:
+    """Write the census dataset to `out` (atomically); returns a summary.
+
+    An existing complete `out` made with the same parameters and raw files is left as is; one made
+    with other parameters is an error unless `overwrite` (then it is replaced once the new one is
+    complete).
+    """
+    if edu_def not in EDUCATION_DEFS:
+        raise ValueError(f"unknown edu_def {edu_def!r}; expected one of {sorted(EDUCATION_DEFS)}")
+    raw = _raw_paths(raw_dir)
+    params = {"edu_def": edu_def, "seed": seed, "row_group_rows": row_group_rows,
+              "raw_sha256": {p.name: _sha256(p) for p in raw.values()}}
+    existing = existing_dataset(out, params, overwrite=overwrite)
+    if existing is not None:
+        return f"{out} is up to date (same parameters and raw files)\n{existing.summary()}"
+
+    data, test = (_read_raw(raw[k]) for k in ("data", "test"))
+    permutation = np.random.default_rng(seed).permutation(test.num_rows)
+    half = test.num_rows // 2
+    sources = {  # split: (raw table, its line indices, row_id of its line 0)
+        "train": (data, np.arange(data.num_rows), 0),
+        "valid": (test, np.sort(permutation[:half]), data.num_rows),
+        "test": (test, np.sort(permutation[half:]), data.num_rows),
+    }
+    encoder = _Encoder.fit(data)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        splits = {}
+        for split, (source, lines, row_id_offset) in sources.items():
+            table = encoder.encode(source.take(lines), row_id_offset + lines, EDUCATION_DEFS[edu_def])
+            writer = SplitWriter(tmp, split, table.schema, row_group_rows=row_group_rows,
+                                 file_rows=-(-table.num_rows // row_group_rows) * row_group_rows, tasks=TASKS)
+            writer.write(table)
+            splits[split] = writer.close()
+        schema = DatasetSchema(
+            name="census-income-kdd",
+            dense=tuple(DenseColumn(c) for c in CONTINUOUS),
+            sparse=tuple(SparseColumn(name=c, column=c, num_embeddings=len(encoder.vocab[c]) + 1)
+                         for c in CATEGORICAL),
+            tasks=TASKS,
+            splits=splits,
+            prep=_provenance(params, encoder, data.num_rows, test.num_rows, half),
+        )
+        schema.save(tmp)
+    log.info("census dataset written to %s", out)
+    return DatasetSchema.load(out).summary()
+
+
+def _raw_paths(raw_dir: Optional[str]) -> dict[str, Path]:
+    directory = Path(raw_dir) if raw_dir is not None else shipped_raw_dir()
+    paths = {k: directory / name for k, name in RAW_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        hint = "pass --raw DIR" if raw_dir is None else "see data/census-income-kdd/SOURCE.md"
+        raise FileNotFoundError(f"census raw file(s) not found: {missing} ({hint})")
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_raw(path: Path) -> pa.Table:
+    """All 42 fields as strings with the leading space removed; errors name the file."""
+    try:
+        table = pa_csv.read_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=list(COLUMNS)),
+            convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS},
+                                                  strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{path}: not a 42-field census file: {e}") from None
+    table = pa.table({c: pc.utf8_ltrim(table[c], characters=" ") for c in COLUMNS})
+    bad_income = pc.invert(pc.is_in(table["income"], value_set=pa.array(INCOME_VALUES)))
+    if pc.any(bad_income).as_py():
+        line = int(np.flatnonzero(bad_income.to_numpy())[0])
+        raise DataError(f"{path}: line {line + 1}, column 41 (income): {table['income'][line]} is not one of "
+                        f"{list(INCOME_VALUES)}")
+    return table
+
+
+class _Encoder:
+    """Train-split statistics: vocabularies of categorical columns, min/max of continuous ones."""
+
+    def __init__(self, vocab: dict[str, pa.Array], ranges: dict[str, tuple[float, float]]) -> None:
+        self.vocab = vocab
+        self.ranges = ranges
+
+    @classmethod
+    def fit(cls, train: pa.Table) -> "_Encoder":
+        vocab = {c: pa.array(sorted(pc.unique(train[c]).to_pylist()), pa.string()) for c in CATEGORICAL}
+        ranges = {}
+        for c in CONTINUOUS:
+            values = _numbers(train, c)
+            ranges[c] = (float(values.min()), float(values.max()))
+        return cls(vocab, ranges)
+
+    def encode(self, raw: pa.Table, row_ids: np.ndarray, education_positive: tuple[str, ...]) -> pa.Table:
+        """Feature, label and key columns of `raw` rows (the output column order of the dataset)."""
+        columns = {"row_id": pa.array(row_ids.astype(np.int64))}
+        for c in CONTINUOUS:
+            low, high = self.ranges[c]
+            scaled = (_numbers(raw, c) - low) / (high - low) if high > low else np.zeros(raw.num_rows)
+            columns[c] = pa.array(np.clip(scaled, 0.0, 1.0).astype(np.float32))
+        for c in CATEGORICAL:
+            position = pc.index_in(raw[c], value_set=self.vocab[c])  # null where unseen in train
+            columns[c] = pc.add(pc.fill_null(position, -1).cast(pa.int64()), 1)
+        columns["instance_weight"] = pa.array(_numbers(raw, "instance_weight"))
+        labels = {
+            "income": pc.equal(raw["income"], "50000+."),
+            "never_married": pc.equal(raw["marital_status"], "Never married"),
+            "education": pc.is_in(raw["education"], value_set=pa.array(education_positive)),
+        }
+        for task in TASKS:
+            columns[task.label] = labels[task.name].cast(pa.float32())
+        return pa.table(columns)
+
+
+def _numbers(table: pa.Table, column: str) -> np.ndarray:
+    try:
+        return table[column].cast(pa.float64()).to_numpy()
+    except pa.ArrowInvalid as e:
+        raise DataError(f"census column {column!r} (continuous): {e}") from None
+
+
+def _provenance(params: dict, encoder: _Encoder, data_rows: int, test_rows: int, half: int) -> dict:
+    return {
+        "params": params,
+        "source": "UCI Census-Income (KDD); raw files and licence note in data/census-income-kdd/SOURCE.md",
+        "education_positive": list(EDUCATION_DEFS[params["edu_def"]]),
+        "split_indices": (
+            f"train = {RAW_FILES['data']} lines 0..{data_rows - 1}, row_id = line; valid/test = {RAW_FILES['test']} "
+            f"lines perm[:{half}] / perm[{half}:] with perm = numpy.random.default_rng(seed).permutation({test_rows}), "
+            f"row_id = {data_rows} + line"
+        ),
+        "normalisation": "continuous: min-max with train-split min/max (dense_ranges), clipped to [0, 1]; "
+                         "categorical: id = 1 + index in the sorted train vocabulary, 0 = unseen in train",
+        "dense_ranges": {c: list(r) for c, r in encoder.ranges.items()},
+        "instance_weight": "column 24, kept as `instance_weight`; not a feature and not the sample weight "
+                           "(set `weight: instance_weight` to use it as one)",
+    }
