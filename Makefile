@@ -17,3 +17,8 @@ test: setup
 
 clean:
 	rm -rf runs out .pytest_cache
+
+# Build the Docker image mtrec:cpu offline: engine, wheelhouse, base image, docker build (docs/DOCKER.md).
+.PHONY: image
+image: setup
+	@scripts/docker_build.sh
