@@ -70,8 +70,13 @@ TASKS = (
 
 
 def shipped_raw_dir() -> Path:
-    """data/census-income-kdd of the checkout this package was imported from."""
-    return Path(pipeline.__file__).resolve().parents[1] / "data" / "census-income-kdd"
+    """data/census-income-kdd of the checkout this package was imported from, else of the current
+    directory (an installed package, e.g. the Docker image whose WORKDIR holds data/)."""
+    candidates = [Path(pipeline.__file__).resolve().parents[1], Path.cwd()]
+    for root in candidates:
+        if (root / "data" / "census-income-kdd").is_dir():
+            return root / "data" / "census-income-kdd"
+    return candidates[0] / "data" / "census-income-kdd"  # the error message then names the checkout path
 
 
 def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_def: str = "associates_plus",

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
 from pipeline.train.distributed import DistContext, barrier
@@ -146,8 +147,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optional[torch.opti
     state = _state(model, optimizer)
     try:
         dcp.load(state, checkpoint_id=str(path))
-    except Exception as e:  # DCP raises CheckpointException / RuntimeError / OSError variants
-        raise CheckpointError(f"{path}: could not read checkpoint data ({type(e).__name__}: {e})") from None
+    except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+        cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # DCP nests tracebacks
+        raise CheckpointError(f"{path}: could not read checkpoint data: {cause}") from None
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
