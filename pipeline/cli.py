@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 
 def _prepare(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,8 @@ def _prepare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--edu-def", default="associates_plus",
                    choices=["associates_plus", "bachelors_plus", "mmoeex_as_coded"])
     c.add_argument("--seed", type=int, default=0, help="seed of the validation/test split of the test file")
-    c.add_argument("--row-group-rows", type=int, default=16384)
+    c.add_argument("--row-group-rows", type=int, default=4096,
+                   help="rows per row group: many small units keep ranks balanced (census: 49 units)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing dataset made differently")
     s = kinds.add_parser("synthetic", help="MMoE-style generator with controllable task correlation")
     s.add_argument("--out", required=True)
@@ -139,11 +141,31 @@ def _run_compare(args: argparse.Namespace) -> None:
     print(compare_reports(args.report_a, args.report_b))
 
 
+def _diagnose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diagnose", help="average gate / fusion weights per level over a split, with heatmaps")
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint", required=True, help="run directory or one checkpoint directory")
+    p.add_argument("--data", required=True, help="Parquet glob or a dataset split directory")
+    p.add_argument("--out", required=True, help="output directory: gates.json, gates_level<l>.png")
+    p.add_argument("--max-batches", type=int, default=None, help="cap the batches per rank (default: all)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_run_diagnose)
+
+
+def _run_diagnose(args: argparse.Namespace) -> None:
+    from pipeline.eval.diagnose import diagnose_main
+
+    report = diagnose_main(args)
+    if report is not None:  # rank 0
+        print(f"gate weights of {report['backbone']} over {report['rows']} rows ({len(report['levels'])} "
+              f"level(s)) written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtrec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_prepare, _train, _evaluate, _metrics, _compare):
+    for add in (_prepare, _train, _evaluate, _metrics, _compare, _diagnose):
         add(sub)
     return parser
 
@@ -152,12 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if not args.verbose:  # TorchRec logs every pipeline (re)build at INFO
-        logging.getLogger("torchrec").setLevel(logging.WARNING)
+    if not args.verbose:
+        # Our own progress at INFO; torch/TorchRec/fbgemm only from WARNING (fbgemm logs every table
+        # batch's arguments on the root logger at INFO). Their per-rank warnings about their own
+        # internals (ShardedTensor deprecation, DDP on sharded modules, ...) are hidden too: -v shows all.
+        for name in ("pipeline", "models"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        for category in (UserWarning, FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback wall

@@ -18,7 +18,7 @@ def census_dir(tmp_path_factory) -> Path:
     from pipeline.data.census import prepare_census
 
     out = tmp_path_factory.mktemp("census") / "census"
-    prepare_census(out=str(out), raw_dir=None, edu_def="associates_plus", seed=0, row_group_rows=16384)
+    prepare_census(out=str(out), raw_dir=None, edu_def="associates_plus", seed=0)
     return out
 
 

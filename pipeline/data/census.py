@@ -80,7 +80,7 @@ def shipped_raw_dir() -> Path:
 
 
 def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_def: str = "associates_plus",
-                   seed: int = 0, row_group_rows: int = 16384, overwrite: bool = False) -> str:
+                   seed: int = 0, row_group_rows: int = 4096, overwrite: bool = False) -> str:
     """Write the census dataset to `out` (atomically); returns a summary.
 
     An existing complete `out` made with the same parameters and raw files is left as is; one made

@@ -27,7 +27,7 @@ def test_row_counts_and_row_groups(census):
     assert {s: t.num_rows for s, t in tables.items()} == {"train": 199_523, "valid": 49_881, "test": 49_881}
     assert {s: i.rows for s, i in schema.splits.items()} == {"train": 199_523, "valid": 49_881, "test": 49_881}
     meta = pq.read_metadata(schema.split_paths("train")[0])
-    assert meta.num_row_groups == 13 and meta.row_group(0).num_rows == 16384
+    assert meta.num_row_groups == 49 and meta.row_group(0).num_rows == 4096
     assert meta.row_group(0).column(0).compression == "ZSTD" and meta.row_group(0).column(0).statistics is not None
 
 
