@@ -35,18 +35,16 @@ from matplotlib.figure import Figure
 from models.adatt import AdaTTGeneral, AdaTTSp
 from models.batch import MultiTaskBatch
 from models.blocks import LevelStack
-from models.factory import build_model
 from models.multitask_model import MultiTaskModel
 from models.ple import PLE
 from pipeline.config import load_job_config
 from pipeline.data.atomic import atomic_write_text
-from pipeline.data.reader import ParquetBatchStream, make_loader, padding_batch
-from pipeline.eval.evaluate import resolve_data, schema_for
-from pipeline.eval.inference import equal_steps
-from pipeline.eval.plots import _save as save_png
-from pipeline.train.checkpoint import load_checkpoint, resolve_checkpoint
+from pipeline.data.reader import padding_batch
+from pipeline.eval.evaluate import load_sharded_model, resolve_data, schema_for
+from pipeline.eval.inference import eval_batches
+from pipeline.eval.plots import save_png
+from pipeline.train.checkpoint import resolve_checkpoint
 from pipeline.train.distributed import DistContext, init_distributed, shutdown_distributed
-from pipeline.train.sharding import plan_sharding, wrap_model
 
 log = logging.getLogger(__name__)
 
@@ -187,17 +185,11 @@ def diagnose_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     inputs = schema.input_spec()
     ctx = init_distributed()
     try:
-        model = build_model(cfg.model, inputs, ebc_device="meta")
-        plan = plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size)
-        dmp = wrap_model(model, plan, ctx)
-        meta = load_checkpoint(checkpoint, dmp, None, ctx)
+        dmp, meta = load_sharded_model(cfg, checkpoint, inputs, ctx)
         inner: MultiTaskModel = dmp.module  # DMP's `module` unwraps DMP/DDP to the sharded model
-        stream = ParquetBatchStream(schema, paths, cfg.eval.batch_size, rank=ctx.rank, world_size=ctx.world_size,
-                                    num_workers=cfg.data.num_workers, shuffle=False, with_keys=True)
-        padding = padding_batch(schema)
-        batches, steps = equal_steps(iter(make_loader(stream, cfg.data.num_workers)), stream.num_batches(),
-                                     padding, ctx, max_steps=args.max_batches)
-        acc = accumulate_gates(inner, batches, padding, ctx)
+        batches, steps = eval_batches(schema, paths, ctx, batch_size=cfg.eval.batch_size,
+                                      num_workers=cfg.data.num_workers, with_keys=True, max_steps=args.max_batches)
+        acc = accumulate_gates(inner, batches, padding_batch(schema), ctx)
         report: dict[str, Any] = {"checkpoint": str(checkpoint), "step": meta["step"], "data": args.data,
                                   "backbone": cfg.model.backbone.type, "tasks": inputs.task_names,
                                   "rows": int(acc.rows), "batches": steps, "world_size": ctx.world_size,

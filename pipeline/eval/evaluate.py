@@ -15,16 +15,18 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from torchrec.distributed import DistributedModelParallel
+
 from models.factory import build_model
-from pipeline.config import load_job_config
-from pipeline.data.reader import ParquetBatchStream, make_loader, padding_batch
+from models.inputs import InputSpec
+from pipeline.config import JobConfig, load_job_config
 from pipeline.data.schema import DatasetSchema
-from pipeline.eval.inference import equal_steps, run_inference
+from pipeline.eval.inference import eval_batches, run_inference
 from pipeline.eval.metric_state import MultiTaskMetrics
 from pipeline.eval.predictions import prediction_writer
 from pipeline.eval.report import write_report
 from pipeline.train.checkpoint import load_checkpoint, resolve_checkpoint
-from pipeline.train.distributed import init_distributed, shutdown_distributed
+from pipeline.train.distributed import DistContext, init_distributed, shutdown_distributed
 from pipeline.train.sharding import plan_sharding, wrap_model
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,14 @@ def schema_for(data_paths: list[str], run_dir: Path) -> DatasetSchema:
     return DatasetSchema.load(run_dir)
 
 
+def load_sharded_model(cfg: JobConfig, checkpoint: Path, inputs: InputSpec,
+                       ctx: DistContext) -> tuple[DistributedModelParallel, dict[str, Any]]:
+    """The checkpoint's model, sharded by the planner for this job's world size (DCP re-shards)."""
+    model = build_model(cfg.model, inputs, ebc_device="meta")
+    dmp = wrap_model(model, plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size), ctx)
+    return dmp, load_checkpoint(checkpoint, dmp, None, ctx)
+
+
 def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Entry point of `mtrec evaluate`; returns the report on rank 0 (None elsewhere)."""
     cfg = load_job_config(args.config, args.overrides)
@@ -57,14 +67,9 @@ def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     inputs = schema.input_spec()
     ctx = init_distributed()
     try:
-        model = build_model(cfg.model, inputs, ebc_device="meta")
-        plan = plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size)
-        dmp = wrap_model(model, plan, ctx)
-        meta = load_checkpoint(checkpoint, dmp, None, ctx)
-        stream = ParquetBatchStream(schema, paths, cfg.eval.batch_size, rank=ctx.rank, world_size=ctx.world_size,
-                                    num_workers=cfg.data.num_workers, shuffle=False, with_keys=True)
-        batches, _ = equal_steps(iter(make_loader(stream, cfg.data.num_workers)), stream.num_batches(),
-                                 padding_batch(schema), ctx)
+        dmp, meta = load_sharded_model(cfg, checkpoint, inputs, ctx)
+        batches, _ = eval_batches(schema, paths, ctx, batch_size=cfg.eval.batch_size,
+                                  num_workers=cfg.data.num_workers, with_keys=True)
         train_rates = schema.splits["train"].positive_rates if "train" in schema.splits else {}
         metrics = MultiTaskMetrics(inputs.tasks, auc_mode=args.auc_mode, baseline_rates=train_rates)
         out = Path(args.out)

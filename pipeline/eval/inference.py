@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torchrec.distributed.train_pipeline import EvalPipelineSparseDist
 
 from models.batch import MultiTaskBatch
+from pipeline.data.reader import ParquetBatchStream, make_loader, padding_batch
+from pipeline.data.schema import DatasetSchema
 from pipeline.train.distributed import DistContext, all_reduce_int
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,16 @@ def equal_steps(batches: Iterable[MultiTaskBatch], local_steps: int, padding: Mu
         steps = min(steps, max_steps)
     padded = itertools.chain(batches, itertools.repeat(padding))
     return itertools.islice(padded, steps), steps
+
+
+def eval_batches(schema: DatasetSchema, paths: list[str], ctx: DistContext, *, batch_size: int, num_workers: int,
+                 with_keys: bool, max_steps: Optional[int] = None) -> tuple[Iterator[MultiTaskBatch], int]:
+    """This rank's batches of `paths` (every row exactly once across ranks, no shuffle), padded to
+    the step count every rank runs."""
+    stream = ParquetBatchStream(schema, paths, batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                                num_workers=num_workers, shuffle=False, with_keys=with_keys)
+    return equal_steps(iter(make_loader(stream, num_workers)), stream.num_batches(), padding_batch(schema), ctx,
+                       max_steps=max_steps)
 
 
 def run_inference(model: torch.nn.Module, batches: Iterator[MultiTaskBatch], ctx: DistContext,

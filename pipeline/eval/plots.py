@@ -40,7 +40,7 @@ def reliability_groups(pos: np.ndarray, neg: np.ndarray, mantissa_bits: int,
     return mean_pred, rate
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_png(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
@@ -56,7 +56,7 @@ def plot_reliability(task: str, pos: np.ndarray, neg: np.ndarray, mantissa_bits:
     ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean prediction", ylabel="observed positive rate",
            title=f"{task}: reliability diagram")
     ax.legend(loc="upper left")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_roc(task: str, pos: np.ndarray, neg: np.ndarray, path: Path) -> None:
@@ -70,7 +70,7 @@ def plot_roc(task: str, pos: np.ndarray, neg: np.ndarray, path: Path) -> None:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
            title=f"{task}: ROC")
     ax.legend(loc="lower right")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def safe_file_stem(task: str) -> str:

@@ -6,9 +6,8 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from pipeline.data.reader import ParquetBatchStream, make_loader, padding_batch
 from pipeline.data.schema import DatasetSchema
-from pipeline.eval.inference import equal_steps, run_inference
+from pipeline.eval.inference import eval_batches, run_inference
 from pipeline.eval.metric_state import MultiTaskMetrics
 from pipeline.train.distributed import DistContext
 
@@ -18,11 +17,8 @@ def validate(model: torch.nn.Module, schema: DatasetSchema, split: str, ctx: Dis
              max_batches: Optional[int] = None) -> dict[str, Any]:
     """Every row of `split` exactly once across ranks (no shuffle), metrics all-reduced: the
     result is identical on every rank and for any world size."""
-    stream = ParquetBatchStream(schema, schema.split_paths(split), batch_size, rank=ctx.rank,
-                                world_size=ctx.world_size, num_workers=num_workers, shuffle=False,
-                                with_keys=False)
-    batches, _ = equal_steps(iter(make_loader(stream, num_workers)), stream.num_batches(),
-                             padding_batch(schema), ctx, max_steps=max_batches)
+    batches, _ = eval_batches(schema, schema.split_paths(split), ctx, batch_size=batch_size,
+                              num_workers=num_workers, with_keys=False, max_steps=max_batches)
     metrics = MultiTaskMetrics(schema.input_spec().tasks, auc_mode=auc_mode)
     run_inference(model, batches, ctx, lambda out: metrics.update(
         out["predictions"], out["labels"], out["masks"], out["weights"]))
