@@ -37,14 +37,12 @@ from models.batch import MultiTaskBatch
 from models.blocks import LevelStack
 from models.multitask_model import MultiTaskModel
 from models.ple import PLE
-from pipeline.config import load_job_config
 from pipeline.data.atomic import atomic_write_text
 from pipeline.data.reader import padding_batch
-from pipeline.eval.evaluate import load_sharded_model, resolve_data, schema_for
+from pipeline.eval.evaluate import inference_job
 from pipeline.eval.inference import eval_batches
 from pipeline.eval.plots import save_png
-from pipeline.train.checkpoint import resolve_checkpoint
-from pipeline.train.distributed import DistContext, init_distributed, shutdown_distributed
+from pipeline.train.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -178,19 +176,13 @@ def write_diagnostics(out: Path, report: dict[str, Any]) -> None:
 
 def diagnose_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Entry point of `mtrec diagnose`; returns the gates report on rank 0 (None elsewhere)."""
-    cfg = load_job_config(args.config, args.overrides)
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    paths = resolve_data(args.data)
-    schema = schema_for(paths, checkpoint.parents[1])
-    inputs = schema.input_spec()
-    ctx = init_distributed()
-    try:
-        dmp, meta = load_sharded_model(cfg, checkpoint, inputs, ctx)
-        inner: MultiTaskModel = dmp.module  # DMP's `module` unwraps DMP/DDP to the sharded model
-        batches, steps = eval_batches(schema, paths, ctx, batch_size=cfg.eval.batch_size,
+    with inference_job(args.config, args.overrides, args.checkpoint, args.data) as job:
+        cfg, inputs, ctx = job.cfg, job.inputs, job.ctx
+        inner: MultiTaskModel = job.model.module  # DMP's `module` unwraps DMP/DDP to the sharded model
+        batches, steps = eval_batches(job.schema, job.paths, ctx, batch_size=cfg.eval.batch_size,
                                       num_workers=cfg.data.num_workers, with_keys=True, max_steps=args.max_batches)
-        acc = accumulate_gates(inner, batches, padding_batch(schema), ctx)
-        report: dict[str, Any] = {"checkpoint": str(checkpoint), "step": meta["step"], "data": args.data,
+        acc = accumulate_gates(inner, batches, padding_batch(job.schema), ctx)
+        report: dict[str, Any] = {"checkpoint": str(job.checkpoint), "step": job.meta["step"], "data": args.data,
                                   "backbone": cfg.model.backbone.type, "tasks": inputs.task_names,
                                   "rows": int(acc.rows), "batches": steps, "world_size": ctx.world_size,
                                   "levels": []}
@@ -204,5 +196,3 @@ def diagnose_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
             write_diagnostics(Path(args.out), report)
             log.info("gate diagnostics written to %s", args.out)
         return report if ctx.is_main else None
-    finally:
-        shutdown_distributed()

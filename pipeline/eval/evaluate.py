@@ -12,8 +12,9 @@ import argparse
 import contextlib
 import glob
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from torchrec.distributed import DistributedModelParallel
 
@@ -50,25 +51,47 @@ def schema_for(data_paths: list[str], run_dir: Path) -> DatasetSchema:
     return DatasetSchema.load(run_dir)
 
 
-def load_sharded_model(cfg: JobConfig, checkpoint: Path, inputs: InputSpec,
-                       ctx: DistContext) -> tuple[DistributedModelParallel, dict[str, Any]]:
-    """The checkpoint's model, sharded by the planner for this job's world size (DCP re-shards)."""
-    model = build_model(cfg.model, inputs, ebc_device="meta")
-    dmp = wrap_model(model, plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size), ctx)
-    return dmp, load_checkpoint(checkpoint, dmp, None, ctx)
+@dataclass(frozen=True)
+class InferenceJob:
+    """A trained model loaded for inference over some Parquet files, on this rank."""
+
+    cfg: JobConfig
+    checkpoint: Path
+    meta: dict[str, Any]  # the checkpoint's meta.json
+    paths: list[str]
+    schema: DatasetSchema
+    ctx: DistContext
+    model: DistributedModelParallel
+
+    @property
+    def inputs(self) -> InputSpec:
+        return self.schema.input_spec()
+
+
+@contextlib.contextmanager
+def inference_job(config: str, overrides: list[str], checkpoint: str, data: str) -> Iterator[InferenceJob]:
+    """Config, data and process group, then the checkpoint's model sharded by the planner for this
+    job's world size (DCP re-shards it); the process group is shut down on exit."""
+    cfg = load_job_config(config, overrides)
+    ckpt = resolve_checkpoint(checkpoint)
+    paths = resolve_data(data)
+    schema = schema_for(paths, ckpt.parents[1])
+    inputs = schema.input_spec()
+    ctx = init_distributed()
+    try:
+        model = build_model(cfg.model, inputs, ebc_device="meta")
+        dmp = wrap_model(model, plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size), ctx)
+        meta = load_checkpoint(ckpt, dmp, None, ctx)
+        yield InferenceJob(cfg, ckpt, meta, paths, schema, ctx, dmp)
+    finally:
+        shutdown_distributed()
 
 
 def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Entry point of `mtrec evaluate`; returns the report on rank 0 (None elsewhere)."""
-    cfg = load_job_config(args.config, args.overrides)
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    paths = resolve_data(args.data)
-    schema = schema_for(paths, checkpoint.parents[1])
-    inputs = schema.input_spec()
-    ctx = init_distributed()
-    try:
-        dmp, meta = load_sharded_model(cfg, checkpoint, inputs, ctx)
-        batches, _ = eval_batches(schema, paths, ctx, batch_size=cfg.eval.batch_size,
+    with inference_job(args.config, args.overrides, args.checkpoint, args.data) as job:
+        cfg, schema, ctx, inputs = job.cfg, job.schema, job.ctx, job.inputs
+        batches, _ = eval_batches(schema, job.paths, ctx, batch_size=cfg.eval.batch_size,
                                   num_workers=cfg.data.num_workers, with_keys=True)
         train_rates = schema.splits["train"].positive_rates if "train" in schema.splits else {}
         metrics = MultiTaskMetrics(inputs.tasks, auc_mode=args.auc_mode, baseline_rates=train_rates)
@@ -80,13 +103,11 @@ def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
                 if writer is not None:
                     writer.write(outputs)
 
-            run_inference(dmp, batches, ctx, consume)
+            run_inference(job.model, batches, ctx, consume)
         metrics.all_reduce_()
-        report = {**metrics.compute(), "checkpoint": str(checkpoint), "step": meta["step"],
-                  "data": args.data, "files": len(paths), "world_size": ctx.world_size}
+        report = {**metrics.compute(), "checkpoint": str(job.checkpoint), "step": job.meta["step"],
+                  "data": args.data, "files": len(job.paths), "world_size": ctx.world_size}
         if ctx.is_main:
             write_report(out, report, metrics.histograms(), metrics.mantissa_bits)
             log.info("report written to %s", out)
         return report if ctx.is_main else None
-    finally:
-        shutdown_distributed()
