@@ -25,7 +25,7 @@ def _umask() -> int:
     return 0o022
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -55,7 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -98,7 +98,7 @@ def _swap_in(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`, moving an existing `final` aside first and restoring it on failure."""
     if not final.exists():
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return
     aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
     os.replace(final, aside / final.name)
@@ -108,5 +108,5 @@ def _swap_in(tmp: Path, final: Path) -> None:
         os.replace(aside / final.name, final)
         aside.rmdir()
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(aside)

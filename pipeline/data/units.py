@@ -6,6 +6,7 @@ and worker count (PLATFORM.md §6).
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ def read_footer(path: str) -> pq.FileMetaData:
         return pq.read_metadata(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: truncated or not a Parquet file ({size} bytes): {e}") from None
+
+
+def expand_parquet(pattern: str, flag: str) -> list[str]:
+    """Sorted Parquet files of a glob (recursive `**` allowed) or of a directory (all *.parquet below).
+    `flag` names the command-line option in the error when nothing matches."""
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "**", "*.parquet")
+    paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise FileNotFoundError(f"{flag} {pattern!r}: no files match")
+    return paths
 
 
 def list_units(paths: Iterable[str]) -> list[WorkUnit]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from models.factory import build_model
 from models.inputs import InputSpec
 from pipeline.config import JobConfig, load_job_config
 from pipeline.data.schema import DatasetSchema
+from pipeline.data.units import expand_parquet
 from pipeline.eval.inference import eval_batches, run_inference
 from pipeline.eval.metric_state import MultiTaskMetrics
 from pipeline.eval.predictions import prediction_writer
@@ -31,15 +31,6 @@ from pipeline.train.distributed import DistContext, init_distributed, shutdown_d
 from pipeline.train.sharding import plan_sharding, wrap_model
 
 log = logging.getLogger(__name__)
-
-
-def resolve_data(data: str) -> list[str]:
-    """A split directory (its *.parquet files) or a glob; sorted, never empty."""
-    path = Path(data)
-    paths = sorted(str(p) for p in path.glob("*.parquet")) if path.is_dir() else sorted(glob.glob(data))
-    if not paths:
-        raise FileNotFoundError(f"--data {data}: no Parquet files (give a split directory or a glob)")
-    return paths
 
 
 def schema_for(data_paths: list[str], run_dir: Path) -> DatasetSchema:
@@ -74,7 +65,7 @@ def inference_job(config: str, overrides: list[str], checkpoint: str, data: str)
     job's world size (DCP re-shards it); the process group is shut down on exit."""
     cfg = load_job_config(config, overrides)
     ckpt = resolve_checkpoint(checkpoint)
-    paths = resolve_data(data)
+    paths = expand_parquet(data, "--data")
     schema = schema_for(paths, ckpt.parents[1])
     inputs = schema.input_spec()
     ctx = init_distributed()

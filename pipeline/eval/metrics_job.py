@@ -15,7 +15,6 @@ are skipped and counted (`inputs.empty_files`); no rows at all is an error.
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from models.inputs import Task
 from pipeline.data.schema import DataError
-from pipeline.data.units import WorkUnit, assign_units, list_units, read_footer
+from pipeline.data.units import WorkUnit, assign_units, expand_parquet, list_units, read_footer
 from pipeline.eval.metric_state import (AucMode, GroupedAucMetrics, MetricInputError, MultiTaskMetrics,
                                         SegmentedMetrics, all_reduce_arrays_)
 from pipeline.eval.report import write_report
@@ -92,16 +91,6 @@ def metrics_main(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- files and columns
-
-
-def expand_predictions(pattern: str) -> list[str]:
-    """Sorted Parquet files of a glob (recursive `**` allowed) or of a directory (all *.parquet below)."""
-    if os.path.isdir(pattern):
-        pattern = os.path.join(pattern, "**", "*.parquet")
-    paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-    if not paths:
-        raise FileNotFoundError(f"--predictions {pattern!r}: no files match")
-    return paths
 
 
 @dataclass(frozen=True)
@@ -298,7 +287,7 @@ def _agree_on_failure(error: Exception | None, world: int) -> None:
 
 def run_metrics(job: MetricsJob) -> dict[str, Any] | None:
     """Run the job; returns the report on rank 0 (None on other ranks)."""
-    paths = expand_predictions(job.predictions)
+    paths = expand_parquet(job.predictions, "--predictions")
     layout = inspect_columns(paths, job)
     units = list_units(paths)
     rank, world, created_group = _world()

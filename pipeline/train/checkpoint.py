@@ -22,6 +22,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
+from pipeline.data.atomic import fsync_dir
 from pipeline.train.distributed import DistContext, barrier
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         log.info("checkpoint written: %s", final)
@@ -158,12 +159,3 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optional[torch.opti
         torch.set_rng_state(rng["torch"])
     log.info("loaded checkpoint %s (step %d)", path, meta["step"])
     return meta
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
