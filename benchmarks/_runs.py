@@ -1,35 +1,50 @@
 """Shared machinery of the result benchmarks (census_table.py, correlation_sweep.py).
 
-Every run goes through the project's own CLI as a subprocess (`python -m pipeline train|evaluate`,
-or torchrun for several processes), never a side script. A run directory is
-ROOT/<model>/<dml|base>/seed_<s>/; it is finished when its test report.json exists (report.json is
-written last, pipeline/eval/report.py), so a killed sweep re-runs only unfinished runs, and a
-half-trained run resumes from its newest complete checkpoint (the trainer does that by itself).
+Every run goes through the project's own CLI, `mtrec train` then `mtrec evaluate` on the test
+split, never a side script: with one process per run, `pipeline.cli.main(argv)` is called inside a
+pool worker (a spawned Python process that outlives its runs, so the ~6 s import of torch/TorchRec
+is paid once per worker, not twice per run); with `--nproc N > 1` the worker launches torchrun.
+`--jobs J` runs J runs at a time, each with cores // J intra-op threads (on 2 cores, two 1-thread
+runs train 2x the examples per second of one 2-thread run: docs/RESULTS.md).
 
-Model selection [project]: the trainer checkpoints at every validation and stops early on the
-config's task; the evaluated checkpoint is the one at the best validation step when it was kept
-(`train.keep_last_checkpoints` is raised to patience + 1 so that it is), else the latest.
+A run directory is ROOT/<model>/<dml|base>/seed_<s>/; a half-trained run resumes from its newest
+complete checkpoint (the trainer does that by itself). Finished runs are recorded in a *ledger*, a
+small JSON-lines file committed next to the tables (docs/results/*_runs.jsonl, rewritten
+atomically after every run): a run already in the ledger with the same budget is never re-run, so
+a sweep resumes across machines and sessions, and `--report-only` rebuilds the tables from the
+ledger alone.
+
+Model selection [project]: the trainer validates and checkpoints at every epoch end and stops early
+on the config's task; the test split is evaluated once, at the best validation step's checkpoint
+(`train.keep_last_checkpoints` is raised to patience + 1 so that it is kept), and the validation
+metrics recorded are the trainer's own at that step (the same evaluator code on the same weights).
 """
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.data.atomic import atomic_path  # noqa: E402
+from pipeline.data.atomic import atomic_write_text  # noqa: E402
 from pipeline.eval.report import load_report  # noqa: E402
 
 DML_OVERRIDES = ("model.dml.ctfm.enabled=true", "model.dml.gkd.enabled=true")
-# patience 2 (the census configs) + 1: the best-validation checkpoint survives early stopping.
-KEEP_CHECKPOINTS = "train.keep_last_checkpoints=3"
+# Every run: keep patience 2 (the census configs) + 1 checkpoints, so that the best-validation one
+# survives early stopping; read batches in the rank process (no loader worker), since with J runs
+# on J cores a worker process per run only adds contention.
+RUN_OVERRIDES = ("train.keep_last_checkpoints=3", "data.num_workers=0")
+RECORDED_METRICS = ("auc", "ne", "logloss", "calibration")
 
 
 @dataclass(frozen=True)
@@ -42,50 +57,108 @@ class RunSpec:
     seed: int
     overrides: tuple[str, ...] = ()
 
+    @property
+    def key(self) -> str:
+        return f"{self.model}|{'dml' if self.dml else 'base'}|{self.seed}"
+
     def run_dir(self, root: Path) -> Path:
         return root / self.model / ("dml" if self.dml else "base") / f"seed_{self.seed}"
 
     def all_overrides(self) -> list[str]:
-        return [KEEP_CHECKPOINTS, *self.overrides, *(DML_OVERRIDES if self.dml else ())]
+        return [*RUN_OVERRIDES, *self.overrides, *(DML_OVERRIDES if self.dml else ())]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Budget:
-    """What each run may spend: processes, epochs / steps caps (None = the config's)."""
+    """What each run may spend: processes, epochs / steps caps (None = the config's). Part of a
+    ledger record: a run finished under another budget does not count as done."""
 
     nproc: int = 1
     epochs: Optional[int] = None
     max_steps: Optional[int] = None
-    timeout_s: float = 6 * 3600
-    log: list[str] = field(default_factory=list)
+
+
+class Ledger:
+    """Finished runs, one JSON line each: {"key", "budget", "valid", "test", "steps", ...}."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                        self._records[record["key"]] = record
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise ValueError(f"{path}:{number}: not a ledger record ({e})") from None
+
+    def get(self, spec: RunSpec, budget: Budget) -> Optional[dict[str, Any]]:
+        record = self._records.get(spec.key)
+        return record if record is not None and record.get("budget") == asdict(budget) else None
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        self._records[record["key"]] = dict(record)
+        lines = [json.dumps(self._records[k], sort_keys=True) for k in sorted(self._records)]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
 
 
 def mtrec_command(nproc: int) -> list[str]:
-    """`python -m pipeline` as a plain process, or under torchrun with `nproc` processes."""
-    if nproc == 1:
-        return [sys.executable, "-m", "pipeline"]
+    """`python -m pipeline` under torchrun with `nproc` processes (nproc > 1 only)."""
     torchrun = Path(sys.executable).parent / "torchrun"
     return [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "pipeline"]
 
 
-def run_logged(args: Sequence[str], log_file: Path, timeout_s: float) -> None:
-    """Run a command from the repo root, appending its output to `log_file`; on failure raise with
-    the log's tail."""
-    # The environment is inherited as is: torchrun itself gives each of several ranks one OpenMP
-    # thread, a single process keeps torch's default (all cores).
+def run_mtrec(argv: Sequence[str], log_file: Path, nproc: int = 1) -> None:
+    """Run `mtrec ARGV`, appending its output to `log_file`; on failure raise with the log's tail.
+
+    nproc == 1: in this process (`pipeline.cli.main`), its stdout/stderr file descriptors pointed
+    at the log for the duration. nproc > 1: torchrun as a subprocess (it gives each rank one
+    OpenMP thread)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as log:
-        log.write(f"$ {' '.join(args)}\n")
+        log.write(f"$ mtrec {' '.join(argv)}\n")
         log.flush()
-        proc = subprocess.run(list(args), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
-    if proc.returncode != 0:
+        if nproc > 1:
+            code = subprocess.run([*mtrec_command(nproc), *argv], cwd=REPO, stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
+        else:
+            code = _cli_into(log, argv)
+    if code:
         tail = log_file.read_text()[-4000:]
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}; log {log_file}:\n{tail}")
+        raise RuntimeError(f"mtrec {' '.join(argv)} exited {code}; log {log_file}:\n{tail}")
+
+
+def _cli_into(log: Any, argv: Sequence[str]) -> int:
+    from pipeline.cli import main
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        main(list(argv))
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except Exception:  # noqa: BLE001 - reported with the log's tail by run_mtrec
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def prepare_dataset(args: Sequence[str], out: Path, log_file: Path) -> Path:
     """`mtrec prepare ...` (idempotent: the same parameters reuse the existing dataset)."""
-    run_logged([*mtrec_command(1), "prepare", *args, "--out", str(out)], log_file, timeout_s=3600)
+    run_mtrec(["prepare", *args, "--out", str(out)], log_file)
     return out
 
 
@@ -98,31 +171,80 @@ def best_checkpoint(run_dir: Path) -> Path:
     return candidate if candidate is not None and (candidate / "COMPLETE").is_file() else run_dir
 
 
-def train_and_evaluate(spec: RunSpec, data: Path, root: Path, budget: Budget,
-                       splits: Iterable[str] = ("valid", "test")) -> dict[str, dict[str, Any]]:
-    """Train (or resume) one run and evaluate it on `splits`; returns {split: report}. A run whose
-    report_test/report.json exists is not touched (resumable sweeps)."""
-    run_dir = spec.run_dir(root)
-    reports = {s: run_dir / f"report_{s}" for s in splits}
-    if all((r / "report.json").is_file() for r in reports.values()):
-        return {s: load_report(r) for s, r in reports.items()}
-    log_file = run_dir.parent / f"seed_{spec.seed}.log"
+def validation_at(run_dir: Path, step: Optional[int]) -> dict[str, Any]:
+    """The trainer's validation result at `step` (the last one logged when None) from metrics.jsonl;
+    a resumed run may log a step twice: the later line wins."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    valid = [r for r in rows if r["kind"] == "valid" and (step is None or r["step"] == step)]
+    if not valid:
+        raise ValueError(f"{run_dir}/metrics.jsonl: no validation at step {step}")
+    return {"tasks": valid[-1]["tasks"]}
+
+
+def compact(report: Mapping[str, Any]) -> dict[str, dict[str, Optional[float]]]:
+    """{task: {metric: value}} for the metrics the tables use."""
+    return {task: {m: values.get(m) for m in RECORDED_METRICS} for task, values in report["tasks"].items()}
+
+
+def train_and_evaluate(spec: RunSpec, data: Path, root: Path, budget: Budget) -> dict[str, Any]:
+    """Train (or resume) one run, evaluate its best checkpoint on the test split; returns its
+    ledger record."""
     started = time.perf_counter()
-    train = [*mtrec_command(budget.nproc), "train", "--config", str(spec.config), "--data", str(data),
-             "--out", str(run_dir), "--seed", str(spec.seed)]
+    run_dir = spec.run_dir(root)
+    log_file = run_dir.parent / f"seed_{spec.seed}.log"
+    train = ["train", "--config", str(spec.config), "--data", str(data), "--out", str(run_dir),
+             "--seed", str(spec.seed)]
     if budget.epochs is not None:
         train += ["--epochs", str(budget.epochs)]
     if budget.max_steps is not None:
         train += ["--max-steps", str(budget.max_steps)]
-    run_logged([*train, *spec.all_overrides()], log_file, budget.timeout_s)
+    run_mtrec([*train, *spec.all_overrides()], log_file, budget.nproc)
+    summary = json.loads((run_dir / "summary.json").read_text())
     checkpoint = best_checkpoint(run_dir)
-    for split, report_dir in reports.items():
-        run_logged([*mtrec_command(budget.nproc), "evaluate", "--config", str(spec.config), "--checkpoint",
-                    str(checkpoint), "--data", str(data / split), "--out", str(report_dir),
-                    *spec.all_overrides()], log_file, budget.timeout_s)
-    budget.log.append(f"{spec.model} {'dml' if spec.dml else 'base'} seed {spec.seed}: "
-                      f"{time.perf_counter() - started:.0f} s ({checkpoint.name})")
-    return {s: load_report(r) for s, r in reports.items()}
+    report_dir = run_dir / "report_test"
+    run_mtrec(["evaluate", "--config", str(spec.config), "--checkpoint", str(checkpoint), "--data",
+               str(data / "test"), "--out", str(report_dir), *spec.all_overrides()], log_file, budget.nproc)
+    evaluated_step = summary["best_step"] if checkpoint != run_dir else None
+    return {"key": spec.key, "model": spec.model, "dml": spec.dml, "seed": spec.seed, "budget": asdict(budget),
+            "overrides": list(spec.overrides), "steps": summary["steps"], "best_step": summary["best_step"],
+            "evaluated_step": evaluated_step, "stopped_early": summary["stopped_early"],
+            "valid": compact(validation_at(run_dir, evaluated_step)), "test": compact(load_report(report_dir)),
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_all(specs: Sequence[tuple[RunSpec, Path]], root: Path, budget: Budget, ledger: Ledger,
+            jobs: int = 1) -> list[str]:
+    """Run every (spec, dataset) not yet in the ledger, `jobs` at a time, adding each record as it
+    finishes. Returns the failures (one line each); the other runs carry on past a failure."""
+    todo = [(spec, data) for spec, data in specs if ledger.get(spec, budget) is None]
+    print(f"{len(specs) - len(todo)} of {len(specs)} run(s) already in {ledger.path}; {len(todo)} to run "
+          f"({jobs} at a time)", flush=True)
+    if not todo:
+        return []
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failures: list[str] = []
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(train_and_evaluate, spec, data, root, budget): spec for spec, data in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            spec = futures[future]
+            try:
+                record = future.result()
+            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                failures.append(f"{spec.key}: {str(e).splitlines()[0]}")
+                print(f"[{done}/{len(todo)}] FAILED {spec.key}: {e}", flush=True)
+                continue
+            ledger.add(record)
+            print(f"[{done}/{len(todo)}] {spec.key}: {record['wall_s']:.0f} s, "
+                  f"{time.perf_counter() - started:.0f} s elapsed", flush=True)
+    return failures
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -130,13 +252,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(reports: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("auc", "ne")
+def aggregate(reports: Sequence[Mapping[str, Mapping[str, Any]]], metrics: Sequence[str] = ("auc", "ne")
               ) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """{task: {metric: (mean, std, n)}} over reports (tasks/metrics that are null are skipped)."""
+    """{task: {metric: (mean, std, n)}} over {task: {metric: value}} reports (nulls are skipped)."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
-    for task in reports[0]["tasks"]:
+    for task in reports[0] if reports else ():
         for metric in metrics:
-            values = [r["tasks"][task][metric] for r in reports if r["tasks"][task].get(metric) is not None]
+            values = [r[task][metric] for r in reports if r[task].get(metric) is not None]
             if values:
                 out.setdefault(task, {})[metric] = (*mean_std(values), len(values))
     return out
@@ -149,21 +271,20 @@ def fmt_mean_std(cell: Optional[tuple[float, float, int]], digits: int = 4) -> s
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f} (1 seed)"
 
 
-def save_figure(figure: Any, path: Path) -> None:
-    """Write a matplotlib Figure as PNG atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+def records_for(ledger: Ledger, specs: Iterable[RunSpec], budget: Budget) -> list[dict[str, Any]]:
+    """The ledger records of `specs` that are finished (missing ones are left out)."""
+    return [r for r in (ledger.get(s, budget) for s in specs) if r is not None]
 
 
-def diagnose_run(spec: RunSpec, data: Path, root: Path, out_dir: Path, budget: Budget) -> Path:
+def diagnose_run(spec: RunSpec, data: Path, root: Path, out_dir: Path, budget: Budget) -> bool:
     """`mtrec diagnose` of a finished run (its evaluated checkpoint) into out_dir; skipped when
-    out_dir/gates.json exists."""
-    if not (out_dir / "gates.json").is_file():
-        run_dir = spec.run_dir(root)
-        run_logged([*mtrec_command(budget.nproc), "diagnose", "--config", str(spec.config), "--checkpoint",
-                    str(best_checkpoint(run_dir)), "--data", str(data), "--out", str(out_dir),
-                    *spec.all_overrides()], run_dir.parent / f"seed_{spec.seed}.log", budget.timeout_s)
-    return out_dir
+    out_dir/gates.json exists. False when neither exists (the run's checkpoints live elsewhere)."""
+    if (out_dir / "gates.json").is_file():
+        return True
+    run_dir = spec.run_dir(root)
+    if not (run_dir / "summary.json").is_file():
+        return False
+    run_mtrec(["diagnose", "--config", str(spec.config), "--checkpoint", str(best_checkpoint(run_dir)),
+               "--data", str(data), "--out", str(out_dir), *spec.all_overrides()],
+              run_dir.parent / f"seed_{spec.seed}.log", budget.nproc)
+    return True

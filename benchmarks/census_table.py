@@ -2,11 +2,12 @@
 learning off and on over several seeds, through `mtrec train` / `mtrec evaluate`, and write the
 mean ± std test AUC / NE per task next to the paper's numbers (Markdown + PNG). Not a test.
 
-    .venv/bin/python benchmarks/census_table.py --seeds 10            # the full table (hours)
+    .venv/bin/python benchmarks/census_table.py --seeds 10 --epochs 4 --jobs 2     # the table (docs/RESULTS.md)
     .venv/bin/python benchmarks/census_table.py --seeds 1 --configs census_t5_adatt_6 --no-dml --max-steps 20 \\
-        --runs /tmp/ct --out-dir /tmp/ct/out                            # a smoke run
+        --runs /tmp/ct --out-dir /tmp/ct/out                                         # a smoke run
 
-Resumable: a (model, dml, seed) whose test report exists is skipped, a half-trained run resumes.
+Resumable: a (model, dml, seed) in the ledger docs/results/census_runs.jsonl (committed) is never
+re-run, a half-trained run resumes; `--report-only` rebuilds the table and plot from the ledger.
 Data: `mtrec prepare census --edu-def bachelors_plus` (MODELS.md §9.2: the MMoEEx definition the
 AdaTT Census experiment adapts; the project default for reproducing Table 5). Task mapping
 Task 1 = education, Task 2 = income, Task 3 = never_married, inferred (MODELS.md §9.3).
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from _runs import (REPO, Budget, RunSpec, aggregate, diagnose_run, fmt_mean_std, prepare_dataset, save_figure,
-                   train_and_evaluate)
+from _runs import (REPO, Budget, Ledger, RunSpec, aggregate, diagnose_run, fmt_mean_std, prepare_dataset,
+                   records_for, run_all)
 from pipeline.data.atomic import atomic_write_text
+from pipeline.eval.plots import save_png
 
 EDU_DEF = "bachelors_plus"
 TASKS = ("education", "income", "never_married")  # Task 1, 2, 3 of AdaTT Table 5 (inferred mapping)
@@ -54,6 +56,12 @@ MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 UNGATED = ("census_shared_bottom", "census_cross_stitch")
+# The shared-expert splits chosen on validation (DML off, the seeds every variant has): family -> variants.
+TUNING = {
+    "PLE, 9 experts/level": ("census_t5_ple_9", "census_t5_ple_9_tune_ms6"),
+    "AdaTT, 6 experts/level": ("census_t5_adatt_6", "census_t5_adatt_6_tune_general_ms3"),
+    "AdaTT, 9 experts/level": ("census_t5_adatt_9", "census_t5_adatt_9_tune_general_ms3"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,23 +71,55 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-dml", action="store_true", help="only mutual learning off")
     p.add_argument("--only-dml", action="store_true", help="only mutual learning on")
     p.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun when > 1)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each with cores // jobs threads)")
     p.add_argument("--epochs", type=int, default=None, help="override the configs' epochs (early stopping stays)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the steps per run (smoke runs)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "results" / "census", help="run directories")
     p.add_argument("--out-dir", type=Path, default=REPO / "docs" / "results",
-                   help="census_table.md, census_auc.png, gates/<model>/ (heatmaps of seed 0, DML off)")
+                   help="census_table.md, census_auc.png, census_runs.jsonl (the ledger), gates/<model>/")
     p.add_argument("--no-heatmaps", action="store_true", help="skip `mtrec diagnose` of the gated models")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tables from the ledger")
+    p.add_argument("--preprocess", default="mtrec", choices=["mtrec", "mmoeex", "mmoeex_aligned"],
+                   help="`mtrec prepare census --preprocess`: other than mtrec, the MMoEEx-MTL one-hot features "
+                        "(the investigation of docs/RESULTS.md); outputs get a _<preprocess> suffix")
+    p.add_argument("--edu-def", default=EDU_DEF, choices=["associates_plus", "bachelors_plus", "mmoeex_as_coded"])
     return p.parse_args()
 
 
-def markdown(results: dict, seeds: int, command: str, wall_s: float, runs_log: list[str],
-             heatmaps: list[str]) -> str:
+def label(model: str, dml: bool) -> str:
+    return f"{model.removeprefix('census_')}{' +DML' if dml else ''}"
+
+
+def tuning_lines(ledger: Ledger, budget: Budget) -> list[str]:
+    """Validation AUC of each expert-split variant over the seeds all variants of a family have."""
+    lines = ["", "### Shared-expert splits chosen on validation (DML off; mean validation AUC, seeds common "
+             "to the variants)", "", "| family | variant | seeds | Task 1 edu | Task 2 income | Task 3 marital "
+             "| mean of tasks |", "|---|---|---|---|---|---|---|"]
+    for family, variants in TUNING.items():
+        by_variant = {v: {r["seed"]: r for r in records_for(
+            ledger, [RunSpec(v, REPO / MODELS[v][0], False, s) for s in range(100)], budget)} for v in variants}
+        common = sorted(set.intersection(*(set(seeds) for seeds in by_variant.values())))
+        if not common:
+            continue
+        scores = {}
+        for variant in variants:
+            agg = aggregate([by_variant[variant][s]["valid"] for s in common], metrics=("auc",))
+            scores[variant] = sum(agg[t]["auc"][0] for t in TASKS) / len(TASKS)
+            cells = " | ".join(fmt_mean_std(agg[t]["auc"]) for t in TASKS)
+            lines.append(f"| {family} | {variant} | {len(common)} | {cells} | {scores[variant]:.4f} |")
+        lines.append(f"| {family} | **chosen: {max(scores, key=scores.get)}** | | | | | |")
+    return lines
+
+
+def markdown(results: dict, args: argparse.Namespace, command: str, wall_s: float, run_s: float,
+             tuning: list[str], heatmaps: list[str]) -> str:
     """results: {(model, dml): {"test": aggregate, "valid": aggregate}}; heatmaps: PNG paths
     relative to the Markdown file."""
-    lines = [f"<!-- written by benchmarks/census_table.py; do not edit -->",
-             f"Command: `{command}`  ", f"edu_def: `{EDU_DEF}`; Task 1 = education, Task 2 = income, "
-             f"Task 3 = never_married (inferred, MODELS.md §9.3); seeds requested: {seeds}; "
-             f"wall time of this invocation: {wall_s:.0f} s.", "",
+    lines = ["<!-- written by benchmarks/census_table.py; do not edit -->",
+             f"Command: `{command}`  ", f"features: `{args.preprocess}`; edu_def: `{args.edu_def}`; Task 1 = education, Task 2 = income, "
+             f"Task 3 = never_married (inferred, MODELS.md §9.3); seeds requested: {args.seeds}; epochs: "
+             f"{args.epochs or 'as configured (8)'}; wall time of this invocation: {wall_s:.0f} s; sum of the "
+             f"listed runs' wall times: {run_s:.0f} s ({args.jobs} at a time).", "",
              "### Test AUC (mean ± std over seeds; paper = AdaTT Table 5, mean of 100 runs)", "",
              "| model | DML | seeds | Task 1 edu | Task 2 income | Task 3 marital | paper T1 / T2 / T3 |",
              "|---|---|---|---|---|---|---|"]
@@ -89,17 +129,16 @@ def markdown(results: dict, seeds: int, command: str, wall_s: float, runs_log: l
         paper = " / ".join(f"{v:.4f}" for v in PAPER[model]) if model in PAPER and not dml else "—"
         lines.append(f"| {model} | {'on' if dml else 'off'} | {n} | {' | '.join(cells)} | {paper} |")
     for split, metric, title in (("test", "ne", "Test NE (lower is better)"),
-                                 ("valid", "auc", "Validation AUC (for choosing the expert splits)")):
+                                 ("valid", "auc", "Validation AUC (at the evaluated checkpoint)")):
         lines += ["", f"### {title}", "", "| model | DML | Task 1 edu | Task 2 income | Task 3 marital |",
                   "|---|---|---|---|---|"]
         for (model, dml), agg in results.items():
             cells = [fmt_mean_std(agg[split].get(t, {}).get(metric)) for t in TASKS]
             lines.append(f"| {model} | {'on' if dml else 'off'} | {' | '.join(cells)} |")
+    lines += tuning
     if heatmaps:
         lines += ["", "### Gate heatmaps (seed 0, DML off, validation split; `mtrec diagnose`)", "",
                   *(f"![{path}]({path})" for path in heatmaps)]
-    if runs_log:
-        lines += ["", "Runs trained by this invocation:", "", *(f"- {line}" for line in runs_log)]
     return "\n".join(lines) + "\n"
 
 
@@ -120,12 +159,11 @@ def bar_chart(results: dict, path: Path) -> None:
                 ax.plot([j - 0.4, j + 0.4], [PAPER[model][i]] * 2, color="black")
         low = min(min(c[0] - c[1] for c in cells), min((p[i] for p in PAPER.values()), default=1.0))
         ax.set_ylim(low - 0.01, 1.0)
-        ax.set_xticks(x, [f"{m.removeprefix('census_')}{' +DML' if d else ''}" for m, d in keys],
-                      rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(x, [label(m, d) for m, d in keys], rotation=60, ha="right", fontsize=7)
         ax.set(title=f"Task {i + 1}: {task}", ylabel="test AUC" if i == 0 else None)
     figure.suptitle("Census-Income: test AUC ± std over seeds (black: AdaTT Table 5; orange: DML on)")
     figure.tight_layout()
-    save_figure(figure, path)
+    save_png(figure, path)
 
 
 def main() -> None:
@@ -136,28 +174,41 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}; choose from {list(MODELS)}")
     dml_modes = [d for d in (False, True) if not (d and args.no_dml) and not (not d and args.only_dml)]
-    data = prepare_dataset(["census", "--edu-def", EDU_DEF], args.runs / "data" / f"census_{EDU_DEF}",
-                           args.runs / "prepare.log")
     budget = Budget(nproc=args.nproc, epochs=args.epochs, max_steps=args.max_steps)
-    results = {}
-    for name in names:
-        config, overrides = MODELS[name]
-        for dml in dml_modes:
-            specs = [RunSpec(name, REPO / config, dml, seed, overrides) for seed in range(args.seeds)]
-            reports = [train_and_evaluate(spec, data, args.runs, budget) for spec in specs]
+    suffix = "" if args.preprocess == "mtrec" and args.edu_def == EDU_DEF else f"_{args.preprocess}_{args.edu_def}"
+    ledger = Ledger(args.out_dir / f"census_runs{suffix}.jsonl")
+    cells = {(name, dml): [RunSpec(name, REPO / MODELS[name][0], dml, seed, MODELS[name][1])
+                           for seed in range(args.seeds)] for name in names for dml in dml_modes}
+    data = args.runs / "data" / (f"census_{EDU_DEF}" if not suffix else f"census{suffix}")
+    root = args.runs if not suffix else args.runs / suffix.lstrip("_")
+    failures: list[str] = []
+    if not args.report_only:
+        prepare = ["census", "--edu-def", args.edu_def] + (["--preprocess", args.preprocess] if suffix else [])
+        prepare_dataset(prepare, data, args.runs / "prepare.log")
+        # seed-major order: an interrupted invocation leaves every cell with about as many seeds
+        order = [(specs[seed], data) for seed in range(args.seeds) for specs in cells.values()]
+        failures = run_all(order, root, budget, ledger, args.jobs)
+        for (name, dml), specs in cells.items():
             if not dml and not args.no_heatmaps and name not in UNGATED:  # the Figure 3 analogue
-                diagnose_run(specs[0], data / "valid", args.runs, args.out_dir / "gates" / name, budget)
-            results[(name, dml)] = {split: aggregate([r[split] for r in reports]) for split in ("valid", "test")}
-            print(f"{name} dml={'on' if dml else 'off'}: {len(reports)} seed(s) done, "
-                  f"{time.perf_counter() - started:.0f} s so far", flush=True)
+                diagnose_run(specs[0], data / "valid", root, args.out_dir / f"gates{suffix}" / name, budget)
+    results, run_s = {}, 0.0
+    for key, specs in cells.items():
+        records = records_for(ledger, specs, budget)
+        if records:
+            results[key] = {split: aggregate([r[split] for r in records]) for split in ("valid", "test")}
+            run_s += sum(r["wall_s"] for r in records)
+    if not results:
+        raise SystemExit(f"no finished run of {names} in {ledger.path}")
     wall = time.perf_counter() - started
     command = " ".join(["python", *sys.argv])
     heatmaps = sorted(str(p.relative_to(args.out_dir)) for name in names for p in
-                      (args.out_dir / "gates" / name).glob("gates_level*.png"))
-    atomic_write_text(args.out_dir / "census_table.md",
-                      markdown(results, args.seeds, command, wall, budget.log, heatmaps))
-    bar_chart(results, args.out_dir / "census_auc.png")
-    print(f"wrote {args.out_dir / 'census_table.md'} and census_auc.png; wall time {wall:.0f} s")
+                      (args.out_dir / f"gates{suffix}" / name).glob("gates_level*.png"))
+    table = args.out_dir / f"census_table{suffix}.md"
+    atomic_write_text(table, markdown(results, args, command, wall, run_s, tuning_lines(ledger, budget), heatmaps))
+    bar_chart(results, args.out_dir / f"census_auc{suffix}.png")
+    print(f"wrote {table} and census_auc{suffix}.png; wall time {wall:.0f} s")
+    if failures:
+        raise SystemExit("failed runs (re-run the same command to retry them):\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ correlations, dense-only and with sparse id features, then shared-bottom vs MMoE
 test AUC and test log loss (mean over the binary tasks, mean ± std over seeds) against the
 correlation as Markdown + PNG. Not a test.
 
-    .venv/bin/python benchmarks/correlation_sweep.py --seeds 3                 # the full sweep
+    .venv/bin/python benchmarks/correlation_sweep.py --seeds 2 --rows 50000 --epochs 4 --jobs 2   # docs/RESULTS.md
     .venv/bin/python benchmarks/correlation_sweep.py --seeds 1 --rows 20000 --correlations 0.0,1.0 \\
         --models mmoe --no-dml --variants dense --max-steps 10 --runs /tmp/cs --out-dir /tmp/cs/out   # smoke
 
 [project] The models are the census configs' backbones and training recipe (configs/census_*.yaml)
 with early stopping on task t1; the generator's binary labels are 1[y_t > median] (MODELS.md §8).
-Resumable like census_table.py (benchmarks/_runs.py).
+Resumable like census_table.py (benchmarks/_runs.py): the ledger is
+docs/results/correlation_sweep_runs.jsonl; `--report-only` rebuilds the table and plot from it.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from _runs import REPO, Budget, RunSpec, mean_std, prepare_dataset, save_figure, train_and_evaluate
+from _runs import REPO, Budget, Ledger, RunSpec, mean_std, prepare_dataset, records_for, run_all
 from pipeline.data.atomic import atomic_write_text
+from pipeline.eval.plots import save_png
 
 MODELS = {
     "shared_bottom": "configs/census_shared_bottom.yaml",
@@ -47,10 +49,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sparse-features", type=int, default=4, help="id features of the sparse variant")
     p.add_argument("--vocab", type=int, default=10_000)
     p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (each with cores // jobs threads)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "results" / "correlation_sweep")
     p.add_argument("--out-dir", type=Path, default=REPO / "docs" / "results")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tables from the ledger")
     return p.parse_args()
 
 
@@ -63,14 +67,16 @@ def prepare(args: argparse.Namespace, variant: str, correlation: float) -> Path:
 
 
 def task_mean(report: dict, metric: str) -> float:
-    """The mean of `metric` over the tasks that have it (binary tasks for auc / logloss)."""
-    return statistics.fmean(t[metric] for t in report["tasks"].values() if t.get(metric) is not None)
+    """The mean of `metric` over the tasks that have it (binary tasks for auc / logloss);
+    report: {task: {metric: value}} (a ledger record's "test")."""
+    return statistics.fmean(t[metric] for t in report.values() if t.get(metric) is not None)
 
 
-def markdown(cells: dict, correlations: list[float], command: str, wall_s: float) -> str:
+def markdown(cells: dict, correlations: list[float], command: str, wall_s: float, run_s: float, jobs: int) -> str:
     """cells: {(variant, model, dml): {correlation: {metric: (mean, std, n)}}}."""
     lines = ["<!-- written by benchmarks/correlation_sweep.py; do not edit -->", f"Command: `{command}`  ",
-             f"Wall time of this invocation: {wall_s:.0f} s.", ""]
+             f"Wall time of this invocation: {wall_s:.0f} s; sum of the listed runs' wall times: {run_s:.0f} s "
+             f"({jobs} at a time).", ""]
     for metric, title in METRICS:
         lines += [f"### {title}, mean ± std over seeds", "",
                   "| data | model | DML | " + " | ".join(f"p = {c:g}" for c in correlations) + " |",
@@ -78,6 +84,9 @@ def markdown(cells: dict, correlations: list[float], command: str, wall_s: float
         for (variant, model, dml), by_corr in cells.items():
             values = []
             for c in correlations:
+                if c not in by_corr:
+                    values.append("n/a")
+                    continue
                 mean, std, n = by_corr[c][metric]
                 values.append(f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f} (1 seed)")
             lines.append(f"| {variant} | {model} | {'on' if dml else 'off'} | {' | '.join(values)} |")
@@ -95,13 +104,14 @@ def plot(cells: dict, variants: list[str], correlations: list[float], path: Path
             for (v, model, dml), by_corr in cells.items():
                 if v != variant:
                     continue
-                stats = [by_corr[c][metric] for c in correlations]
-                ax.errorbar(correlations, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
+                xs = [c for c in correlations if c in by_corr]
+                stats = [by_corr[c][metric] for c in xs]
+                ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
                             capsize=3, linestyle="--" if dml else "-", label=f"{model}{' +DML' if dml else ''}")
             ax.set(xlabel="task correlation p", ylabel=title, title=f"{variant} features")
             ax.legend(fontsize=7)
     figure.tight_layout()
-    save_figure(figure, path)
+    save_png(figure, path)
 
 
 def main() -> None:
@@ -114,25 +124,34 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown variant/model {bad}; variants {VARIANTS}, models {list(MODELS)}")
     budget = Budget(nproc=args.nproc, epochs=args.epochs, max_steps=args.max_steps)
+    ledger = Ledger(args.out_dir / "correlation_sweep_runs.jsonl")
+    grid = [(variant, correlation, model, dml) for variant in variants for correlation in correlations
+            for model in models for dml in ((False,) if args.no_dml else (False, True))]
+    specs = {cell: [RunSpec(f"{cell[0]}_p{cell[1]:g}/{cell[2]}", REPO / MODELS[cell[2]], cell[3], seed, OVERRIDES)
+                    for seed in range(args.seeds)] for cell in grid}
+    failures: list[str] = []
+    if not args.report_only:
+        data = {(v, c): prepare(args, v, c) for v in variants for c in correlations}
+        order = [(cell_specs[seed], data[cell[:2]]) for seed in range(args.seeds) for cell, cell_specs in specs.items()]
+        failures = run_all(order, args.runs, budget, ledger, args.jobs)
     cells: dict = {}
-    for variant in variants:
-        for correlation in correlations:
-            data = prepare(args, variant, correlation)
-            for model in models:
-                for dml in (False,) if args.no_dml else (False, True):
-                    reports = [train_and_evaluate(RunSpec(f"{variant}_p{correlation:g}/{model}", REPO / MODELS[model],
-                                                          dml, seed, OVERRIDES), data, args.runs, budget,
-                                                  splits=("test",))["test"]
-                               for seed in range(args.seeds)]
-                    cells.setdefault((variant, model, dml), {})[correlation] = {
-                        metric: (*mean_std([task_mean(r, metric) for r in reports]), len(reports))
-                        for metric, _ in METRICS}
-            print(f"{variant} p={correlation:g} done, {time.perf_counter() - started:.0f} s so far", flush=True)
+    run_s = 0.0
+    for (variant, correlation, model, dml), cell_specs in specs.items():
+        records = records_for(ledger, cell_specs, budget)
+        if records:
+            run_s += sum(r["wall_s"] for r in records)
+            cells.setdefault((variant, model, dml), {})[correlation] = {
+                metric: (*mean_std([task_mean(r["test"], metric) for r in records]), len(records))
+                for metric, _ in METRICS}
+    if not cells:
+        raise SystemExit(f"no finished run in {ledger.path}")
     wall = time.perf_counter() - started
     command = " ".join(["python", *sys.argv])
-    atomic_write_text(args.out_dir / "correlation_sweep.md", markdown(cells, correlations, command, wall))
+    atomic_write_text(args.out_dir / "correlation_sweep.md", markdown(cells, correlations, command, wall, run_s, args.jobs))
     plot(cells, variants, correlations, args.out_dir / "correlation_sweep.png")
     print(f"wrote {args.out_dir / 'correlation_sweep.md'} and correlation_sweep.png; wall time {wall:.0f} s")
+    if failures:
+        raise SystemExit("failed runs (re-run the same command to retry them):\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ def _prepare(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the validation/test split of the test file")
     c.add_argument("--row-group-rows", type=int, default=4096,
                    help="rows per row group: many small units keep ranks balanced (census: 49 units)")
+    c.add_argument("--preprocess", default="mtrec", choices=["mtrec", "mmoeex", "mmoeex_aligned"],
+                   help="features: mtrec's, or MMoEEx-MTL's one-hot preparation as run (test features shifted, "
+                        "docs/RESULTS.md) / with the shift fixed")
+    c.add_argument("--onehot-dim", type=int, default=128, help="embedding dim of the mmoeex one-hot feature")
     c.add_argument("--overwrite", action="store_true", help="replace an existing dataset made differently")
     s = kinds.add_parser("synthetic", help="MMoE-style generator with controllable task correlation")
     s.add_argument("--out", required=True)
@@ -46,7 +50,8 @@ def _run_prepare(args: argparse.Namespace) -> None:
         from pipeline.data.census import prepare_census
 
         summary = prepare_census(out=args.out, raw_dir=args.raw, edu_def=args.edu_def, seed=args.seed,
-                                 row_group_rows=args.row_group_rows, overwrite=args.overwrite)
+                                 row_group_rows=args.row_group_rows, overwrite=args.overwrite,
+                                 preprocess=args.preprocess, onehot_dim=args.onehot_dim)
     else:
         from pipeline.data.synthetic import SyntheticSpec, prepare_synthetic
 

@@ -2,6 +2,7 @@
 are exercised by running them, see docs/RESULTS.md)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import subprocess
@@ -23,7 +24,7 @@ def runs():
 
 
 def report(auc: float, ne: float | None) -> dict:
-    return {"tasks": {"income": {"auc": auc, "ne": ne}}}
+    return {"income": {"auc": auc, "ne": ne}}
 
 
 def test_aggregate_mean_sample_std_and_skips_nulls(runs):
@@ -36,7 +37,7 @@ def test_aggregate_mean_sample_std_and_skips_nulls(runs):
 def test_run_spec_directories_and_dml_overrides(runs, tmp_path):
     base = runs.RunSpec("m", Path("c.yaml"), False, 3)
     dml = runs.RunSpec("m", Path("c.yaml"), True, 3, ("a=1",))
-    assert base.run_dir(tmp_path) != dml.run_dir(tmp_path)
+    assert base.run_dir(tmp_path) != dml.run_dir(tmp_path) and base.key != dml.key
     assert not set(runs.DML_OVERRIDES) & set(base.all_overrides())
     assert set(runs.DML_OVERRIDES) <= set(dml.all_overrides()) and "a=1" in dml.all_overrides()
 
@@ -50,18 +51,51 @@ def test_best_checkpoint_prefers_the_kept_best_step(runs, tmp_path):
     assert runs.best_checkpoint(tmp_path) == best
 
 
-def test_finished_run_is_not_retrained(runs, tmp_path):
-    spec = runs.RunSpec("m", Path("missing.yaml"), False, 0)
-    report_dir = spec.run_dir(tmp_path) / "report_test"
-    report_dir.mkdir(parents=True)
-    (report_dir / "report.json").write_text(json.dumps(report(0.9, 0.5)))
-    budget = runs.Budget()
-    got = runs.train_and_evaluate(spec, tmp_path / "no-data", tmp_path, budget, splits=("test",))
-    assert got["test"]["tasks"]["income"]["auc"] == 0.9 and budget.log == []
+def test_validation_at_takes_the_last_line_of_the_step(runs, tmp_path):
+    lines = [{"kind": "valid", "step": 10, "tasks": {"t": {"auc": 0.1}}},
+             {"kind": "train", "step": 10, "loss": 1.0},
+             {"kind": "valid", "step": 10, "tasks": {"t": {"auc": 0.2}}},  # a resumed run logs it again
+             {"kind": "valid", "step": 20, "tasks": {"t": {"auc": 0.3}}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert runs.validation_at(tmp_path, 10)["tasks"]["t"]["auc"] == 0.2
+    assert runs.validation_at(tmp_path, None)["tasks"]["t"]["auc"] == 0.3
+    with pytest.raises(ValueError, match="no validation at step 15"):
+        runs.validation_at(tmp_path, 15)
+
+
+def test_ledger_round_trip_and_budget_match(runs, tmp_path):
+    path = tmp_path / "out" / "runs.jsonl"
+    spec, budget = runs.RunSpec("m", Path("c.yaml"), True, 1), runs.Budget(epochs=4)
+    ledger = runs.Ledger(path)
+    assert ledger.get(spec, budget) is None
+    ledger.add({"key": spec.key, "budget": dataclasses.asdict(budget), "test": report(0.9, 0.5)})
+    again = runs.Ledger(path)  # what a later session reads from the committed file
+    assert again.get(spec, budget)["test"] == report(0.9, 0.5)
+    assert again.get(spec, runs.Budget(epochs=8)) is None  # finished under another budget: not done
+    assert not list(path.parent.glob("*.tmp*"))  # rewritten atomically
+    path.write_text(path.read_text() + "not json\n")
+    with pytest.raises(ValueError, match="runs.jsonl:2"):
+        runs.Ledger(path)
+
+
+def test_finished_runs_are_not_retrained(runs, tmp_path):
+    spec, budget = runs.RunSpec("m", Path("missing.yaml"), False, 0), runs.Budget()
+    ledger = runs.Ledger(tmp_path / "runs.jsonl")
+    ledger.add({"key": spec.key, "budget": dataclasses.asdict(budget), "test": report(0.9, 0.5)})
+    assert runs.run_all([(spec, tmp_path / "no-data")], tmp_path, budget, ledger, jobs=2) == []
+    assert not spec.run_dir(tmp_path).exists()
+
+
+def test_a_failing_run_is_reported_and_names_its_log(runs, tmp_path):
+    spec, budget = runs.RunSpec("m", tmp_path / "missing.yaml", False, 0), runs.Budget(max_steps=1)
+    ledger = runs.Ledger(tmp_path / "runs.jsonl")
+    failures = runs.run_all([(spec, tmp_path / "no-data")], tmp_path, budget, ledger, jobs=1)
+    assert len(failures) == 1 and failures[0].startswith("m|base|0: mtrec train") and "seed_0.log" in failures[0]
+    assert ledger.get(spec, budget) is None and "missing.yaml" in (spec.run_dir(tmp_path).parent / "seed_0.log").read_text()
 
 
 @pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py"])
 def test_scripts_parse_their_arguments(script):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0 and "--seeds" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "--seeds" in proc.stdout and "--jobs" in proc.stdout, proc.stderr

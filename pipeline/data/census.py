@@ -27,6 +27,7 @@ import pyarrow.csv as pa_csv
 
 import pipeline
 from pipeline.data.atomic import atomic_dir
+from pipeline.data.census_mmoeex import PREPROCESS as MMOEEX_PREPROCESS, MMoEExEncoder
 from pipeline.data.schema import (DataError, DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
                                   existing_dataset)
 
@@ -80,18 +81,26 @@ def shipped_raw_dir() -> Path:
 
 
 def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_def: str = "associates_plus",
-                   seed: int = 0, row_group_rows: int = 4096, overwrite: bool = False) -> str:
+                   seed: int = 0, row_group_rows: int = 4096, overwrite: bool = False,
+                   preprocess: str = "mtrec", onehot_dim: int = 128) -> str:
     """Write the census dataset to `out` (atomically); returns a summary.
 
+    preprocess: "mtrec" (this module's features) or "mmoeex" / "mmoeex_aligned", the MMoEEx-MTL
+    feature preparation as run / with its test-feature shift removed (pipeline/data/census_mmoeex.py),
+    whose one multi-hot feature gets embeddings of `onehot_dim`.
     An existing complete `out` made with the same parameters and raw files is left as is; one made
     with other parameters is an error unless `overwrite` (then it is replaced once the new one is
     complete).
     """
     if edu_def not in EDUCATION_DEFS:
         raise ValueError(f"unknown edu_def {edu_def!r}; expected one of {sorted(EDUCATION_DEFS)}")
+    if preprocess not in ("mtrec", *MMOEEX_PREPROCESS):
+        raise ValueError(f"unknown preprocess {preprocess!r}; expected mtrec or one of {MMOEEX_PREPROCESS}")
     raw = _raw_paths(raw_dir)
     params = {"edu_def": edu_def, "seed": seed, "row_group_rows": row_group_rows,
               "raw_sha256": {p.name: _sha256(p) for p in raw.values()}}
+    if preprocess != "mtrec":  # only then: datasets made before the option keep their parameters
+        params.update(preprocess=preprocess, onehot_dim=onehot_dim)
     existing = existing_dataset(out, params, overwrite=overwrite)
     if existing is not None:
         return f"{out} is up to date (same parameters and raw files)\n{existing.summary()}"
@@ -105,26 +114,41 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
         "test": (test, np.sort(permutation[half:]), data.num_rows),
     }
     encoder = _Encoder.fit(data)
+    mmoeex = MMoEExEncoder(data, test, preprocess) if preprocess != "mtrec" else None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         splits = {}
         for split, (source, lines, row_id_offset) in sources.items():
-            table = encoder.encode(source.take(lines), row_id_offset + lines, EDUCATION_DEFS[edu_def])
+            rows = source.take(lines)
+            table = encoder.encode(rows, row_id_offset + lines, EDUCATION_DEFS[edu_def])
+            if mmoeex is not None:
+                table = _with_features(table, mmoeex.encode(rows, "train" if split == "train" else "test"))
             writer = SplitWriter(tmp, split, table.schema, row_group_rows=row_group_rows,
                                  file_rows=-(-table.num_rows // row_group_rows) * row_group_rows, tasks=TASKS)
             writer.write(table)
             splits[split] = writer.close()
+        prep = _provenance(params, encoder, data.num_rows, test.num_rows, half)
+        if mmoeex is not None:
+            prep["mmoeex"] = mmoeex.provenance()
         schema = DatasetSchema(
-            name="census-income-kdd",
-            dense=tuple(DenseColumn(c) for c in CONTINUOUS),
-            sparse=tuple(SparseColumn(name=c, column=c, num_embeddings=len(encoder.vocab[c]) + 1)
-                         for c in CATEGORICAL),
+            name="census-income-kdd" if mmoeex is None else f"census-income-kdd-{preprocess}",
+            dense=tuple(DenseColumn(c) for c in CONTINUOUS) if mmoeex is None else mmoeex.dense_columns(),
+            sparse=(tuple(SparseColumn(name=c, column=c, num_embeddings=len(encoder.vocab[c]) + 1)
+                          for c in CATEGORICAL) if mmoeex is None else mmoeex.sparse_columns(onehot_dim)),
             tasks=TASKS,
             splits=splits,
-            prep=_provenance(params, encoder, data.num_rows, test.num_rows, half),
+            prep=prep,
         )
         schema.save(tmp)
     log.info("census dataset written to %s", out)
     return DatasetSchema.load(out).summary()
+
+
+def _with_features(table: pa.Table, features: dict[str, pa.Array]) -> pa.Table:
+    """`table`'s row id and labels with `features` in place of its own feature columns."""
+    keep = [c for c in table.column_names if c == "row_id" or c == "instance_weight" or c.startswith("label_")]
+    columns = {"row_id": table["row_id"], **features}
+    columns.update({c: table[c] for c in keep if c not in columns})
+    return pa.table(columns)
 
 
 def _raw_paths(raw_dir: Optional[str]) -> dict[str, Path]:
