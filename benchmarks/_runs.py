@@ -5,7 +5,7 @@ split, never a side script: with one process per run, `pipeline.cli.main(argv)` 
 pool worker (a spawned Python process that outlives its runs, so the ~6 s import of torch/TorchRec
 is paid once per worker, not twice per run); with `--nproc N > 1` the worker launches torchrun.
 `--jobs J` runs J runs at a time, each with cores // J intra-op threads (on 2 cores, two 1-thread
-runs train 2x the examples per second of one 2-thread run: docs/RESULTS.md).
+runs train 1.3x the examples per second of one 2-thread run: docs/RESULTS.md).
 
 A run directory is ROOT/<model>/<dml|base>/seed_<s>/; a half-trained run resumes from its newest
 complete checkpoint (the trainer does that by itself). Finished runs are recorded in a *ledger*, a

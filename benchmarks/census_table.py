@@ -111,15 +111,45 @@ def tuning_lines(ledger: Ledger, budget: Budget) -> list[str]:
     return lines
 
 
+# (claim, model A, model B, DML of A, DML of B): test AUC of A minus B per task.
+COMPARISONS = (
+    *((f"AdaTT vs {other}, {n} experts/level", f"census_t5_adatt_{n}", f"census_t5_{key}_{n}", False, False)
+      for n in (6, 9) for key, other in (("ple", "PLE"), ("mlmmoe", "ML-MMoE"))),
+    *((f"{label(m, False)}: DML on vs off", m, m, True, False) for m in MODELS if m in PAPER or m in UNGATED
+      or m == "census_mmoe"),
+)
+
+
+def comparison_lines(cells: dict, ledger: Ledger, budget: Budget) -> list[str]:
+    """Per comparison and task: mean test-AUC difference and Welch's t-test p-value over seeds."""
+    from scipy.stats import ttest_ind
+
+    lines = ["", "### Differences (test AUC of A minus B, mean over seeds; Welch's t-test p-value)", "",
+             "| comparison | seeds A / B | Task 1 edu | Task 2 income | Task 3 marital |", "|---|---|---|---|---|"]
+    for claim, a, b, dml_a, dml_b in COMPARISONS:
+        if (a, dml_a) not in cells or (b, dml_b) not in cells:
+            continue
+        ra, rb = (records_for(ledger, cells[k], budget) for k in ((a, dml_a), (b, dml_b)))
+        if len(ra) < 2 or len(rb) < 2:
+            continue
+        row = []
+        for task in TASKS:
+            xa, xb = ([r["test"][task]["auc"] for r in rs] for rs in (ra, rb))
+            p = ttest_ind(xa, xb, equal_var=False).pvalue
+            row.append(f"{np.mean(xa) - np.mean(xb):+.4f} (p = {p:.2g})")
+        lines.append(f"| {claim} | {len(ra)} / {len(rb)} | {' | '.join(row)} |")
+    return lines
+
+
 def markdown(results: dict, args: argparse.Namespace, command: str, wall_s: float, run_s: float,
-             tuning: list[str], heatmaps: list[str]) -> str:
+             extra: list[str], heatmaps: list[str]) -> str:
     """results: {(model, dml): {"test": aggregate, "valid": aggregate}}; heatmaps: PNG paths
     relative to the Markdown file."""
     lines = ["<!-- written by benchmarks/census_table.py; do not edit -->",
              f"Command: `{command}`  ", f"features: `{args.preprocess}`; edu_def: `{args.edu_def}`; Task 1 = education, Task 2 = income, "
              f"Task 3 = never_married (inferred, MODELS.md §9.3); seeds requested: {args.seeds}; epochs: "
-             f"{args.epochs or 'as configured (8)'}; wall time of this invocation: {wall_s:.0f} s; sum of the "
-             f"listed runs' wall times: {run_s:.0f} s ({args.jobs} at a time).", "",
+             f"{args.epochs or 'as configured (8)'}; wall time of this invocation: {wall_s:.0f} s (runs found in the "
+             f"ledger are not re-run); sum of the listed runs' own wall times: {run_s:.0f} s, {args.jobs} at a time.", "",
              "### Test AUC (mean ± std over seeds; paper = AdaTT Table 5, mean of 100 runs)", "",
              "| model | DML | seeds | Task 1 edu | Task 2 income | Task 3 marital | paper T1 / T2 / T3 |",
              "|---|---|---|---|---|---|---|"]
@@ -135,7 +165,7 @@ def markdown(results: dict, args: argparse.Namespace, command: str, wall_s: floa
         for (model, dml), agg in results.items():
             cells = [fmt_mean_std(agg[split].get(t, {}).get(metric)) for t in TASKS]
             lines.append(f"| {model} | {'on' if dml else 'off'} | {' | '.join(cells)} |")
-    lines += tuning
+    lines += extra
     if heatmaps:
         lines += ["", "### Gate heatmaps (seed 0, DML off, validation split; `mtrec diagnose`)", "",
                   *(f"![{path}]({path})" for path in heatmaps)]
@@ -204,7 +234,8 @@ def main() -> None:
     heatmaps = sorted(str(p.relative_to(args.out_dir)) for name in names for p in
                       (args.out_dir / f"gates{suffix}" / name).glob("gates_level*.png"))
     table = args.out_dir / f"census_table{suffix}.md"
-    atomic_write_text(table, markdown(results, args, command, wall, run_s, tuning_lines(ledger, budget), heatmaps))
+    extra = comparison_lines(cells, ledger, budget) + tuning_lines(ledger, budget)
+    atomic_write_text(table, markdown(results, args, command, wall, run_s, extra, heatmaps))
     bar_chart(results, args.out_dir / f"census_auc{suffix}.png")
     print(f"wrote {table} and census_auc{suffix}.png; wall time {wall:.0f} s")
     if failures:

@@ -75,8 +75,8 @@ def task_mean(report: dict, metric: str) -> float:
 def markdown(cells: dict, correlations: list[float], command: str, wall_s: float, run_s: float, jobs: int) -> str:
     """cells: {(variant, model, dml): {correlation: {metric: (mean, std, n)}}}."""
     lines = ["<!-- written by benchmarks/correlation_sweep.py; do not edit -->", f"Command: `{command}`  ",
-             f"Wall time of this invocation: {wall_s:.0f} s; sum of the listed runs' wall times: {run_s:.0f} s "
-             f"({jobs} at a time).", ""]
+             f"Wall time of this invocation: {wall_s:.0f} s (runs found in the ledger are not re-run); sum of the "
+             f"listed runs' own wall times: {run_s:.0f} s, {jobs} at a time.", ""]
     for metric, title in METRICS:
         lines += [f"### {title}, mean ± std over seeds", "",
                   "| data | model | DML | " + " | ".join(f"p = {c:g}" for c in correlations) + " |",
