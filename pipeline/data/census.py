@@ -127,7 +127,9 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
             writer.write(table)
             splits[split] = writer.close()
         prep = _provenance(params, encoder, data.num_rows, test.num_rows, half)
-        if mmoeex is not None:
+        if mmoeex is not None:  # its own features: the mtrec encoding notes do not apply
+            prep.pop("dense_ranges")
+            prep["normalisation"] = "MMoEEx-MTL's: see mmoeex (pipeline/data/census_mmoeex.py)"
             prep["mmoeex"] = mmoeex.provenance()
         schema = DatasetSchema(
             name="census-income-kdd" if mmoeex is None else f"census-income-kdd-{preprocess}",
