@@ -44,7 +44,7 @@ DML_OVERRIDES = ("model.dml.ctfm.enabled=true", "model.dml.gkd.enabled=true")
 # survives early stopping; read batches in the rank process (no loader worker), since with J runs
 # on J cores a worker process per run only adds contention.
 RUN_OVERRIDES = ("train.keep_last_checkpoints=3", "data.num_workers=0")
-RECORDED_METRICS = ("auc", "ne", "logloss", "calibration")
+RECORDED_METRICS = ("auc", "ne", "logloss", "calibration", "mse")  # mse: regression tasks only
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def validation_at(run_dir: Path, step: Optional[int]) -> dict[str, Any]:
 
 def compact(report: Mapping[str, Any]) -> dict[str, dict[str, Optional[float]]]:
     """{task: {metric: value}} for the metrics the tables use."""
-    return {task: {m: values.get(m) for m in RECORDED_METRICS} for task, values in report["tasks"].items()}
+    return {task: {m: values[m] for m in RECORDED_METRICS if m in values} for task, values in report["tasks"].items()}
 
 
 def train_and_evaluate(spec: RunSpec, data: Path, root: Path, budget: Budget) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from _runs import REPO, Budget, Ledger, RunSpec, mean_std, prepare_dataset, records_for, run_all
 from pipeline.data.atomic import atomic_write_text
@@ -31,15 +32,19 @@ MODELS = {
     "ple": "configs/census_ple.yaml",
     "adatt": "configs/census_adatt.yaml",
 }
-VARIANTS = ("dense", "sparse")
-METRICS = (("auc", "test AUC (mean over binary tasks)"), ("logloss", "test log loss (mean over binary tasks)"))
+# "regression": the dense variant plus the generator's regression task t1_value = y_1 (MMoE §3
+# plots the regression loss); its test MSE is the third metric.
+VARIANTS = ("dense", "sparse", "regression")
+METRICS = (("auc", "test AUC (mean over binary tasks)"), ("logloss", "test log loss (mean over binary tasks)"),
+           ("mse", "test MSE of the regression task t1_value (variant regression)"))
 OVERRIDES = ("train.early_stopping.task=t1",)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--correlations", default="0.0,0.5,0.9,1.0")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="dense (no id features) and/or sparse")
+    p.add_argument("--variants", default="dense,sparse",
+                   help="dense (no id features), sparse (with id features), regression (dense + a regression task)")
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)}")
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (the data seed is fixed)")
     p.add_argument("--no-dml", action="store_true", help="only mutual learning off")
@@ -63,13 +68,15 @@ def prepare(args: argparse.Namespace, variant: str, correlation: float) -> Path:
     out = args.runs / "data" / f"{variant}_p{correlation:g}"
     return prepare_dataset(["synthetic", "--rows", str(args.rows), "--tasks", str(args.tasks), "--correlation",
                             str(correlation), "--dense-dim", str(args.dense_dim), "--sparse-features", str(sparse),
-                            "--vocab", str(args.vocab)], out, args.runs / "prepare.log")
+                            "--vocab", str(args.vocab), *(["--regression"] if variant == "regression" else [])],
+                           out, args.runs / "prepare.log")
 
 
-def task_mean(report: dict, metric: str) -> float:
-    """The mean of `metric` over the tasks that have it (binary tasks for auc / logloss);
-    report: {task: {metric: value}} (a ledger record's "test")."""
-    return statistics.fmean(t[metric] for t in report.values() if t.get(metric) is not None)
+def task_mean(report: dict, metric: str) -> Optional[float]:
+    """The mean of `metric` over the tasks that have it (binary tasks for auc / logloss, regression
+    tasks for mse), None when none has it; report: {task: {metric: value}} (a ledger record's "test")."""
+    values = [t[metric] for t in report.values() if t.get(metric) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def markdown(cells: dict, correlations: list[float], command: str, wall_s: float, run_s: float, jobs: int) -> str:
@@ -83,8 +90,10 @@ def markdown(cells: dict, correlations: list[float], command: str, wall_s: float
                   "|---|---|---|" + "---|" * len(correlations)]
         for (variant, model, dml), by_corr in cells.items():
             values = []
+            if not any(metric in by_corr.get(c, {}) for c in correlations):
+                continue
             for c in correlations:
-                if c not in by_corr:
+                if metric not in by_corr.get(c, {}):
                     values.append("n/a")
                     continue
                 mean, std, n = by_corr[c][metric]
@@ -95,20 +104,27 @@ def markdown(cells: dict, correlations: list[float], command: str, wall_s: float
 
 
 def plot(cells: dict, variants: list[str], correlations: list[float], path: Path) -> None:
+    """One row per variant, one panel per metric that variant has (mse: the regression variant)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.5 * len(METRICS), 4.2 * len(variants)))
+    def has(variant: str, metric: str) -> bool:
+        return any(metric in m for (v, _, _), by_corr in cells.items() if v == variant for m in by_corr.values())
+
+    panels = {v: [(m, t) for m, t in METRICS if has(v, m)] for v in variants}
+    columns = max(len(p) for p in panels.values())
+    figure = Figure(figsize=(5.5 * columns, 4.2 * len(variants)))
     for row, variant in enumerate(variants):
-        for col, (metric, title) in enumerate(METRICS):
-            ax = figure.add_subplot(len(variants), len(METRICS), row * len(METRICS) + col + 1)
+        for col, (metric, title) in enumerate(panels[variant]):
+            ax = figure.add_subplot(len(variants), columns, row * columns + col + 1)
             for (v, model, dml), by_corr in cells.items():
-                if v != variant:
+                xs = [c for c in correlations if metric in by_corr.get(c, {})]
+                if v != variant or not xs:
                     continue
-                xs = [c for c in correlations if c in by_corr]
                 stats = [by_corr[c][metric] for c in xs]
                 ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o",
                             capsize=3, linestyle="--" if dml else "-", label=f"{model}{' +DML' if dml else ''}")
-            ax.set(xlabel="task correlation p", ylabel=title, title=f"{variant} features")
+            ax.set(xlabel="task correlation p", ylabel=title.split(" (")[0], title=f"{variant}: {title}")
+            ax.title.set_fontsize(8)
             ax.legend(fontsize=7)
     figure.tight_layout()
     save_png(figure, path)
@@ -140,9 +156,11 @@ def main() -> None:
         records = records_for(ledger, cell_specs, budget)
         if records:
             run_s += sum(r["wall_s"] for r in records)
-            cells.setdefault((variant, model, dml), {})[correlation] = {
-                metric: (*mean_std([task_mean(r["test"], metric) for r in records]), len(records))
-                for metric, _ in METRICS}
+            cell = cells.setdefault((variant, model, dml), {}).setdefault(correlation, {})
+            for metric, _ in METRICS:
+                values = [v for v in (task_mean(r["test"], metric) for r in records) if v is not None]
+                if values:
+                    cell[metric] = (*mean_std(values), len(values))
     if not cells:
         raise SystemExit(f"no finished run in {ledger.path}")
     wall = time.perf_counter() - started

@@ -94,6 +94,14 @@ def test_a_failing_run_is_reported_and_names_its_log(runs, tmp_path):
     assert ledger.get(spec, budget) is None and "missing.yaml" in (spec.run_dir(tmp_path).parent / "seed_0.log").read_text()
 
 
+def test_sweep_task_mean_averages_only_the_tasks_that_have_the_metric(runs):
+    sweep = importlib.import_module("correlation_sweep")
+    report = {"t1": {"auc": 0.8, "mse": None}, "t2": {"auc": 0.6}, "t1_value": {"mse": 2.0}}
+    assert sweep.task_mean(report, "auc") == pytest.approx(0.7)
+    assert sweep.task_mean(report, "mse") == 2.0
+    assert sweep.task_mean(report, "logloss") is None
+
+
 @pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py"])
 def test_scripts_parse_their_arguments(script):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
