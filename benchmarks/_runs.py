@@ -97,6 +97,11 @@ class Ledger:
         record = self._records.get(spec.key)
         return record if record is not None and record.get("budget") == asdict(budget) else None
 
+    def finished(self, model: str, dml: bool, budget: Budget) -> dict[int, dict[str, Any]]:
+        """{seed: record} of every run of (model, dml) finished under `budget`."""
+        return {r["seed"]: r for r in self._records.values()
+                if r.get("model") == model and r.get("dml") == dml and r.get("budget") == asdict(budget)}
+
     def add(self, record: Mapping[str, Any]) -> None:
         self._records[record["key"]] = dict(record)
         lines = [json.dumps(self._records[k], sort_keys=True) for k in sorted(self._records)]
@@ -276,15 +281,12 @@ def records_for(ledger: Ledger, specs: Iterable[RunSpec], budget: Budget) -> lis
     return [r for r in (ledger.get(s, budget) for s in specs) if r is not None]
 
 
-def diagnose_run(spec: RunSpec, data: Path, root: Path, out_dir: Path, budget: Budget) -> bool:
+def diagnose_run(spec: RunSpec, data: Path, root: Path, out_dir: Path, budget: Budget) -> None:
     """`mtrec diagnose` of a finished run (its evaluated checkpoint) into out_dir; skipped when
-    out_dir/gates.json exists. False when neither exists (the run's checkpoints live elsewhere)."""
-    if (out_dir / "gates.json").is_file():
-        return True
+    out_dir/gates.json exists or the run's checkpoints are not on this machine (ledger-only runs)."""
     run_dir = spec.run_dir(root)
-    if not (run_dir / "summary.json").is_file():
-        return False
+    if (out_dir / "gates.json").is_file() or not (run_dir / "summary.json").is_file():
+        return
     run_mtrec(["diagnose", "--config", str(spec.config), "--checkpoint", str(best_checkpoint(run_dir)),
                "--data", str(data), "--out", str(out_dir), *spec.all_overrides()],
               run_dir.parent / f"seed_{spec.seed}.log", budget.nproc)
-    return True

@@ -96,8 +96,7 @@ def tuning_lines(ledger: Ledger, budget: Budget) -> list[str]:
              "to the variants)", "", "| family | variant | seeds | Task 1 edu | Task 2 income | Task 3 marital "
              "| mean of tasks |", "|---|---|---|---|---|---|---|"]
     for family, variants in TUNING.items():
-        by_variant = {v: {r["seed"]: r for r in records_for(
-            ledger, [RunSpec(v, REPO / MODELS[v][0], False, s) for s in range(100)], budget)} for v in variants}
+        by_variant = {v: ledger.finished(v, False, budget) for v in variants}
         common = sorted(set.intersection(*(set(seeds) for seeds in by_variant.values())))
         if not common:
             continue

@@ -27,7 +27,6 @@ import pyarrow.csv as pa_csv
 
 import pipeline
 from pipeline.data.atomic import atomic_dir
-from pipeline.data.census_mmoeex import PREPROCESS as MMOEEX_PREPROCESS, MMoEExEncoder
 from pipeline.data.schema import (DataError, DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
                                   existing_dataset)
 
@@ -94,6 +93,8 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
     """
     if edu_def not in EDUCATION_DEFS:
         raise ValueError(f"unknown edu_def {edu_def!r}; expected one of {sorted(EDUCATION_DEFS)}")
+    from pipeline.data.census_mmoeex import PREPROCESS as MMOEEX_PREPROCESS, MMoEExEncoder  # imports this module
+
     if preprocess not in ("mtrec", *MMOEEX_PREPROCESS):
         raise ValueError(f"unknown preprocess {preprocess!r}; expected mtrec or one of {MMOEEX_PREPROCESS}")
     raw = _raw_paths(raw_dir)
@@ -199,7 +200,7 @@ class _Encoder:
         vocab = {c: pa.array(sorted(pc.unique(train[c]).to_pylist()), pa.string()) for c in CATEGORICAL}
         ranges = {}
         for c in CONTINUOUS:
-            values = _numbers(train, c)
+            values = numeric_column(train, c)
             ranges[c] = (float(values.min()), float(values.max()))
         return cls(vocab, ranges)
 
@@ -208,12 +209,12 @@ class _Encoder:
         columns = {"row_id": pa.array(row_ids.astype(np.int64))}
         for c in CONTINUOUS:
             low, high = self.ranges[c]
-            scaled = (_numbers(raw, c) - low) / (high - low) if high > low else np.zeros(raw.num_rows)
+            scaled = (numeric_column(raw, c) - low) / (high - low) if high > low else np.zeros(raw.num_rows)
             columns[c] = pa.array(np.clip(scaled, 0.0, 1.0).astype(np.float32))
         for c in CATEGORICAL:
             position = pc.index_in(raw[c], value_set=self.vocab[c])  # null where unseen in train
             columns[c] = pc.add(pc.fill_null(position, -1).cast(pa.int64()), 1)
-        columns["instance_weight"] = pa.array(_numbers(raw, "instance_weight"))
+        columns["instance_weight"] = pa.array(numeric_column(raw, "instance_weight"))
         labels = {
             "income": pc.equal(raw["income"], "50000+."),
             "never_married": pc.equal(raw["marital_status"], "Never married"),
@@ -224,11 +225,12 @@ class _Encoder:
         return pa.table(columns)
 
 
-def _numbers(table: pa.Table, column: str) -> np.ndarray:
+def numeric_column(table: pa.Table, column: str) -> np.ndarray:
+    """A raw census column as float64; a value that is no number is an error naming the column."""
     try:
         return table[column].cast(pa.float64()).to_numpy()
     except pa.ArrowInvalid as e:
-        raise DataError(f"census column {column!r} (continuous): {e}") from None
+        raise DataError(f"census column {column!r} (numeric): {e}") from None
 
 
 def _provenance(params: dict, encoder: _Encoder, data_rows: int, test_rows: int, half: int) -> dict:

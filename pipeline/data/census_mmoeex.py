@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.data.census import numeric_column
 from pipeline.data.schema import DataError, DenseColumn, SparseColumn
 
 # MMoEEx's lists, in its order, under this project's column names (pipeline/data/census.py).
@@ -101,7 +102,7 @@ class MMoEExEncoder:
         """Feature columns of `raw` rows of `file` ("train" or "test")."""
         columns: dict[str, pa.Array] = {}
         for c in self.dense_columns():
-            values = _numbers(raw, c.column)
+            values = numeric_column(raw, c.column)
             if c.column in SCALED:
                 low, high = self.ranges[file][c.column]
                 values = (values - low) / (high - low) if high > low else np.zeros_like(values)
@@ -133,11 +134,5 @@ def _onehot_ids(raw: pa.Table, column: str, ids_of: dict[tuple[str, str], int]) 
 
 
 def _ranges(table: pa.Table) -> dict[str, tuple[float, float]]:
-    return {c: (float(v.min()), float(v.max())) for c in SCALED for v in [_numbers(table, c)]}
+    return {c: (float(v.min()), float(v.max())) for c in SCALED for v in [numeric_column(table, c)]}
 
-
-def _numbers(table: pa.Table, column: str) -> np.ndarray:
-    try:
-        return table[column].cast(pa.float64()).to_numpy()
-    except pa.ArrowInvalid as e:
-        raise DataError(f"census column {column!r} (numeric): {e}") from None
