@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.data.atomic import atomic_write_text  # noqa: E402
+from pipeline.runtime.atomic import atomic_write_text  # noqa: E402
 from pipeline.eval.report import load_report  # noqa: E402
 
 DML_OVERRIDES = ("model.dml.ctfm.enabled=true", "model.dml.gkd.enabled=true")

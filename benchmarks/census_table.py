@@ -24,7 +24,7 @@ import numpy as np
 
 from _runs import (REPO, Budget, Ledger, RunSpec, aggregate, diagnose_run, fmt_mean_std, prepare_dataset,
                    records_for, run_all)
-from pipeline.data.atomic import atomic_write_text
+from pipeline.runtime.atomic import atomic_write_text
 from pipeline.eval.plots import save_png
 
 EDU_DEF = "bachelors_plus"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from _runs import REPO, Budget, Ledger, RunSpec, mean_std, prepare_dataset, records_for, run_all
-from pipeline.data.atomic import atomic_write_text
+from pipeline.runtime.atomic import atomic_write_text
 from pipeline.eval.plots import save_png
 
 MODELS = {

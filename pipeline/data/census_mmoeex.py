@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.data.census import numeric_column
+from pipeline.data.census_raw import numeric_column
 from pipeline.data.schema import DataError, DenseColumn, SparseColumn
 
 # MMoEEx's lists, in its order, under this project's column names (pipeline/data/census.py).

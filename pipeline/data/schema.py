@@ -21,7 +21,7 @@ import yaml
 
 from models.inputs import InputSpec, Pooling, SparseFeature, Task, TaskKind
 from models.typed_config import ConfigError, from_dict, to_dict
-from pipeline.data.atomic import atomic_write_text
+from pipeline.runtime.atomic import atomic_write_text
 
 SCHEMA_FILE = "schema.yaml"
 SPLITS = ("train", "valid", "test")

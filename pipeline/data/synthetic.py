@@ -36,7 +36,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from models.typed_config import to_dict
-from pipeline.data.atomic import atomic_dir
+from pipeline.runtime.atomic import atomic_dir
 from pipeline.data.schema import (DatasetSchema, DenseColumn, SparseColumn, SplitInfo, SplitWriter, TaskColumn,
                                   existing_dataset, splitmix64)
 

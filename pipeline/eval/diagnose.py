@@ -37,12 +37,12 @@ from models.batch import MultiTaskBatch
 from models.blocks import LevelStack
 from models.multitask_model import MultiTaskModel
 from models.ple import PLE
-from pipeline.data.atomic import atomic_write_text
+from pipeline.runtime.atomic import atomic_write_text
 from pipeline.data.reader import padding_batch
 from pipeline.eval.evaluate import inference_job
-from pipeline.eval.inference import eval_batches
+from pipeline.runtime.inference import eval_batches
 from pipeline.eval.plots import save_png
-from pipeline.train.distributed import DistContext
+from pipeline.runtime.distributed import DistContext
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from models.inputs import InputSpec
 from pipeline.config import JobConfig, load_job_config
 from pipeline.data.schema import DatasetSchema
 from pipeline.data.units import expand_parquet
-from pipeline.eval.inference import eval_batches, run_inference
-from pipeline.eval.metric_state import MultiTaskMetrics
+from pipeline.runtime.inference import eval_batches, run_inference
+from pipeline.metrics.metric_state import MultiTaskMetrics
 from pipeline.eval.predictions import prediction_writer
 from pipeline.eval.report import write_report
-from pipeline.train.checkpoint import load_checkpoint, resolve_checkpoint
-from pipeline.train.distributed import DistContext, init_distributed, shutdown_distributed
-from pipeline.train.sharding import plan_sharding, wrap_model
+from pipeline.runtime.checkpoint import load_checkpoint, resolve_checkpoint
+from pipeline.runtime.distributed import DistContext, init_distributed, shutdown_distributed
+from pipeline.runtime.sharding import plan_sharding, wrap_model
 
 log = logging.getLogger(__name__)
 

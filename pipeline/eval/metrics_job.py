@@ -31,7 +31,7 @@ from tqdm import tqdm
 from models.inputs import Task
 from pipeline.data.schema import DataError
 from pipeline.data.units import WorkUnit, assign_units, expand_parquet, list_units, read_footer
-from pipeline.eval.metric_state import (AucMode, GroupedAucMetrics, MetricInputError, MultiTaskMetrics,
+from pipeline.metrics.metric_state import (AucMode, GroupedAucMetrics, MetricInputError, MultiTaskMetrics,
                                         SegmentedMetrics, all_reduce_arrays_)
 from pipeline.eval.report import write_report
 

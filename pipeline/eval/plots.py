@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.data.atomic import atomic_path
-from pipeline.eval.auc import bin_midpoints, roc_points, tie_averaged_auc
+from pipeline.runtime.atomic import atomic_path
+from pipeline.metrics.auc import bin_midpoints, roc_points, tie_averaged_auc
 
 RELIABILITY_GROUPS = 20  # [project] equal-mass groups: every point averages ~5% of the rows
 

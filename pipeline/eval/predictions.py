@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.data.atomic import atomic_path
+from pipeline.runtime.atomic import atomic_path
 
 
 class PredictionWriter:

@@ -4,7 +4,7 @@ Completeness protocol [project]: report.json is written last, so its presence me
 REPORT_DIR is complete and consistent. Rewriting a report first renames the previous report.json to
 report.previous.json (deleted once the new report.json is in place): an interrupted rewrite leaves
 no report.json, yet the previous finished numbers survive. Every file is written to a temporary
-name and renamed (pipeline/data/atomic.py). Other files in REPORT_DIR (e.g. predictions) are kept.
+name and renamed (pipeline/runtime/atomic.py). Other files in REPORT_DIR (e.g. predictions) are kept.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.data.atomic import atomic_write_text
-from pipeline.eval.auc import DEFAULT_MANTISSA_BITS
+from pipeline.runtime.atomic import atomic_write_text
+from pipeline.metrics.auc import DEFAULT_MANTISSA_BITS
 from pipeline.eval.plots import write_task_plots
 
 REPORT_JSON = "report.json"

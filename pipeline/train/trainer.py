@@ -27,15 +27,15 @@ from tqdm import tqdm
 
 from models.factory import build_model
 from pipeline.config import JobConfig, dump_job_config, load_job_config
-from pipeline.data.atomic import atomic_write_text
+from pipeline.runtime.atomic import atomic_write_text
 from pipeline.data.reader import ParquetBatchStream, make_loader
 from pipeline.data.schema import DatasetSchema
-from pipeline.eval.validation import validate
-from pipeline.train import checkpoint as ckpt
-from pipeline.train.distributed import DistContext, all_reduce_int, init_distributed, seed_everything, shutdown_distributed
+from pipeline.train.validation import validate
+from pipeline.runtime import checkpoint as ckpt
+from pipeline.runtime.distributed import DistContext, all_reduce_int, init_distributed, seed_everything, shutdown_distributed
 from pipeline.train.optimizer import LRSchedule, build_optimizer, fuse_sparse_optimizer, materialize_dense_state
 from pipeline.train.run_log import RunLog
-from pipeline.train.sharding import describe_plan, plan_sharding, wrap_model
+from pipeline.runtime.sharding import describe_plan, plan_sharding, wrap_model
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data.atomic import atomic_dir, atomic_path, atomic_write_text
+from pipeline.runtime.atomic import atomic_dir, atomic_path, atomic_write_text
 
 
 def _leftovers(directory) -> list[str]:

@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.census import (CATEGORICAL, CONTINUOUS, EDUCATION_DEFS, RAW_FILES, _read_raw, prepare_census,
-                                  shipped_raw_dir)
+from pipeline.data.census import CATEGORICAL, CONTINUOUS, EDUCATION_DEFS, prepare_census
+from pipeline.data.census_raw import RAW_FILES, read_raw, shipped_raw_dir
 from pipeline.data.schema import DataError, DatasetExistsError, DatasetSchema
 
 
@@ -52,7 +52,7 @@ def test_task_correlations_match_the_mmoe_groups(census):
 
 
 def test_education_definitions_on_the_raw_train_file():
-    raw = _read_raw(shipped_raw_dir() / RAW_FILES["data"])
+    raw = read_raw(shipped_raw_dir() / RAW_FILES["data"])
     rates = {name: pc.mean(pc.is_in(raw["education"], value_set=pa.array(values)).cast(pa.float64())).as_py()
              for name, values in EDUCATION_DEFS.items()}
     assert rates == pytest.approx({"associates_plus": 0.196, "bachelors_plus": 0.148, "mmoeex_as_coded": 0.139}, abs=1e-3)

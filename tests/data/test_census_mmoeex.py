@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.census import RAW_FILES, _read_raw, prepare_census, shipped_raw_dir
+from pipeline.data.census import prepare_census
+from pipeline.data.census_raw import RAW_FILES, read_raw, shipped_raw_dir
 from pipeline.data.census_mmoeex import CATEGORICAL, ONEHOT, MMoEExEncoder, dummy_columns
 from pipeline.data.schema import DataError, DatasetSchema
 
@@ -28,7 +29,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder():
-    raw = {k: _read_raw(shipped_raw_dir() / RAW_FILES[k]) for k in ("data", "test")}
+    raw = {k: read_raw(shipped_raw_dir() / RAW_FILES[k]) for k in ("data", "test")}
     return MMoEExEncoder(raw["data"], raw["test"], "mmoeex")
 
 
@@ -59,7 +60,7 @@ def test_as_run_shifts_valid_test_positions_past_the_missing_column_only(prepare
 
 def test_aligned_ids_decode_to_the_raw_categories(prepared, encoder):
     _, tables = prepared["mmoeex_aligned"]
-    raw = _read_raw(shipped_raw_dir() / RAW_FILES["data"])
+    raw = read_raw(shipped_raw_dir() / RAW_FILES["data"])
     ids = onehot_ids(tables["train"])
     for block, column in enumerate(CATEGORICAL[:3]):
         decoded = [encoder.train_columns[i] for i in ids[:50, block]]

@@ -6,9 +6,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from models.inputs import Task
-from pipeline.eval.auc import (ExactScoreCounts, bin_midpoints, grouped_auc, histogram_keys, num_bins,
+from pipeline.metrics.auc import (ExactScoreCounts, bin_midpoints, grouped_auc, histogram_keys, num_bins,
                                tie_averaged_auc)
-from pipeline.eval.metric_state import MultiTaskMetrics
+from pipeline.metrics.metric_state import MultiTaskMetrics
 from tests.eval.synthetic_logs import ctr_like
 
 

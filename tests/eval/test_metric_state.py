@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from models.inputs import Task
-from pipeline.eval.metric_state import (GroupedAucMetrics, MetricInputError, MultiTaskMetrics, SegmentedMetrics)
+from pipeline.metrics.metric_state import (GroupedAucMetrics, MetricInputError, MultiTaskMetrics, SegmentedMetrics)
 from tests.eval.synthetic_logs import ctr_like
 
 TASKS = [Task("click"), Task("buy"), Task("dwell", kind="regression")]

@@ -14,7 +14,7 @@ from models.inputs import Task
 from pipeline.cli import main as cli_main
 from pipeline.data.schema import DataError
 from pipeline.eval import report as report_module
-from pipeline.eval.metric_state import GroupedAucMetrics, MultiTaskMetrics
+from pipeline.metrics.metric_state import GroupedAucMetrics, MultiTaskMetrics
 from pipeline.eval.metrics_job import MetricsJob, run_metrics
 from pipeline.eval.report import compare_reports
 from tests.eval.synthetic_logs import write_log

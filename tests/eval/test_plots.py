@@ -6,8 +6,8 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from models.inputs import Task
-from pipeline.eval.auc import roc_points
-from pipeline.eval.metric_state import MultiTaskMetrics
+from pipeline.metrics.auc import roc_points
+from pipeline.metrics.metric_state import MultiTaskMetrics
 from pipeline.eval.plots import reliability_groups
 from tests.eval.synthetic_logs import ctr_like
 

@@ -6,7 +6,7 @@ import pytest
 from models.inputs import InputSpec, SparseFeature, Task
 from models.typed_config import ConfigError
 from pipeline.config import ShardingConfig, TableShardingConfig, apply_overrides, load_job_config
-from pipeline.train.sharding import build_constraints
+from pipeline.runtime.sharding import build_constraints
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
 INPUTS = InputSpec(dense_dim=2, sparse_features=(SparseFeature("a", 10, 4), SparseFeature("b", 20, 4)),

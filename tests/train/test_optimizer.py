@@ -10,9 +10,9 @@ from models.factory import build_model
 from models.inputs import InputSpec, SparseFeature, Task
 from models.typed_config import from_dict
 from pipeline.config import LRScheduleConfig, ShardingConfig, TableShardingConfig, TrainConfig
-from pipeline.train.distributed import init_distributed, shutdown_distributed
+from pipeline.runtime.distributed import init_distributed, shutdown_distributed
 from pipeline.train.optimizer import LRSchedule, build_optimizer, fuse_sparse_optimizer
-from pipeline.train.sharding import plan_sharding, wrap_model
+from pipeline.runtime.sharding import plan_sharding, wrap_model
 from torchrec import KeyedJaggedTensor
 
 INPUTS = InputSpec(dense_dim=2, sparse_features=(SparseFeature("a", 50, 4), SparseFeature("b", 50, 4)),

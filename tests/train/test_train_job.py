@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.train.checkpoint import CheckpointError, complete_checkpoints, resolve_checkpoint
+from pipeline.runtime.checkpoint import CheckpointError, complete_checkpoints, resolve_checkpoint
 from tests.conftest import mtrec
 
 CONFIG = str(Path(__file__).with_name("small_adatt.yaml"))

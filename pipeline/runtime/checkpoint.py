@@ -22,8 +22,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
-from pipeline.data.atomic import fsync_dir
-from pipeline.train.distributed import DistContext, barrier
+from pipeline.runtime.atomic import fsync_dir
+from pipeline.runtime.distributed import DistContext, barrier
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.inputs import Task
-from pipeline.eval.auc import (DEFAULT_MANTISSA_BITS, ExactScoreCounts, grouped_auc, histogram_keys, num_bins,
+from pipeline.metrics.auc import (DEFAULT_MANTISSA_BITS, ExactScoreCounts, grouped_auc, histogram_keys, num_bins,
                                tie_averaged_auc)
 
 AucMode = Literal["bounded", "exact"]

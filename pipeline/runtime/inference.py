@@ -18,7 +18,7 @@ from torchrec.distributed.train_pipeline import EvalPipelineSparseDist
 from models.batch import MultiTaskBatch
 from pipeline.data.reader import ParquetBatchStream, make_loader, padding_batch
 from pipeline.data.schema import DatasetSchema
-from pipeline.train.distributed import DistContext, all_reduce_int
+from pipeline.runtime.distributed import DistContext, all_reduce_int
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torchrec.distributed.types import ShardingPlan
 from models.inputs import InputSpec
 from models.typed_config import ConfigError
 from pipeline.config import CPU_SHARDING_TYPES, GPU_ONLY_SHARDING_TYPES, ShardingConfig
-from pipeline.train.distributed import DistContext
+from pipeline.runtime.distributed import DistContext
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Any, Literal, Optional
 import torch
 
 from pipeline.data.schema import DatasetSchema
-from pipeline.eval.inference import eval_batches, run_inference
-from pipeline.eval.metric_state import MultiTaskMetrics
-from pipeline.train.distributed import DistContext
+from pipeline.runtime.inference import eval_batches, run_inference
+from pipeline.metrics.metric_state import MultiTaskMetrics
+from pipeline.runtime.distributed import DistContext
 
 
 def validate(model: torch.nn.Module, schema: DatasetSchema, split: str, ctx: DistContext, *, batch_size: int,

@@ -1,0 +1,17 @@
+"""`mtrec compare`: per-task deltas between two reports."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="per-task deltas of report B against report A (NE diff in %)")
+    p.add_argument("report_a")
+    p.add_argument("report_b")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.eval.report import compare_reports
+
+    print(compare_reports(args.report_a, args.report_b))

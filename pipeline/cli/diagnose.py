@@ -1,0 +1,24 @@
+"""`mtrec diagnose`: gate / fusion weights per level, with heatmaps."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diagnose", help="average gate / fusion weights per level over a split, with heatmaps")
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint", required=True, help="run directory or one checkpoint directory")
+    p.add_argument("--data", required=True, help="Parquet glob or a dataset split directory")
+    p.add_argument("--out", required=True, help="output directory: gates.json, gates_level<l>.png")
+    p.add_argument("--max-batches", type=int, default=None, help="cap the batches per rank (default: all)")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from pipeline.eval.diagnose import diagnose_main
+
+    report = diagnose_main(args)
+    if report is not None:  # rank 0
+        print(f"gate weights of {report['backbone']} over {report['rows']} rows ({len(report['levels'])} "
+              f"level(s)) written to {args.out}")
