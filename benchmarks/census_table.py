@@ -8,9 +8,9 @@ mean ± std test AUC / NE per task next to the paper's numbers (Markdown + PNG).
 
 Resumable: a (model, dml, seed) in the ledger docs/results/census_runs.jsonl (committed) is never
 re-run, a half-trained run resumes; `--report-only` rebuilds the table and plot from the ledger.
-Data: `mtrec prepare census --edu-def bachelors_plus` (MODELS.md §9.2: the MMoEEx definition the
+Data: `mtrec prepare census --edu-def bachelors_plus` (docs/MATH.md §9.2: the MMoEEx definition the
 AdaTT Census experiment adapts; the project default for reproducing Table 5). Task mapping
-Task 1 = education, Task 2 = income, Task 3 = never_married, inferred (MODELS.md §9.3).
+Task 1 = education, Task 2 = income, Task 3 = never_married, inferred (docs/MATH.md §9.3).
 The `_tune` variants are the shared-expert splits to choose between on the validation table.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pipeline.eval.plots import save_png
 
 EDU_DEF = "bachelors_plus"
 TASKS = ("education", "income", "never_married")  # Task 1, 2, 3 of AdaTT Table 5 (inferred mapping)
-# AdaTT Table 5, mean test AUC over 100 runs (MODELS.md §9.3), as (Task 1, Task 2, Task 3).
+# AdaTT Table 5, mean test AUC over 100 runs (docs/MATH.md §9.3), as (Task 1, Task 2, Task 3).
 PAPER = {
     "census_t5_mlmmoe_6": (0.8729, 0.9178, 0.9731),
     "census_t5_ple_6": (0.8683, 0.9164, 0.9697),
@@ -146,7 +146,7 @@ def markdown(results: dict, args: argparse.Namespace, command: str, wall_s: floa
     relative to the Markdown file."""
     lines = ["<!-- written by benchmarks/census_table.py; do not edit -->",
              f"Command: `{command}`  ", f"features: `{args.preprocess}`; edu_def: `{args.edu_def}`; Task 1 = education, Task 2 = income, "
-             f"Task 3 = never_married (inferred, MODELS.md §9.3); seeds requested: {args.seeds}; epochs: "
+             f"Task 3 = never_married (inferred, docs/MATH.md §9.3); seeds requested: {args.seeds}; epochs: "
              f"{args.epochs or 'as configured (8)'}; wall time of this invocation: {wall_s:.0f} s (runs found in the "
              f"ledger are not re-run); sum of the listed runs' own wall times: {run_s:.0f} s, {args.jobs} at a time.", "",
              "### Test AUC (mean ± std over seeds; paper = AdaTT Table 5, mean of 100 runs)", "",

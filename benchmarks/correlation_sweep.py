@@ -9,7 +9,7 @@ correlation as Markdown + PNG. Not a test.
         --models mmoe --no-dml --variants dense --max-steps 10 --runs /tmp/cs --out-dir /tmp/cs/out   # smoke
 
 [project] The models are the census configs' backbones and training recipe (configs/census_*.yaml)
-with early stopping on task t1; the generator's binary labels are 1[y_t > median] (MODELS.md §8).
+with early stopping on task t1; the generator's binary labels are 1[y_t > median] (docs/MATH.md §8).
 Resumable like census_table.py (benchmarks/_runs.py): the ledger is
 docs/results/correlation_sweep_runs.jsonl; `--report-only` rebuilds the table and plot from it.
 """

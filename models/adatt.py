@@ -1,4 +1,4 @@
-"""AdaTT (MODELS.md §3.6-3.7; AdaTT §3; reference code `AdaTTSp`, `AdaTTWSharedExps`).
+"""AdaTT (docs/MATH.md §3.6-3.7; AdaTT §3; reference code `AdaTTSp`, `AdaTTWSharedExps`).
 
 Both variants fuse every level in the eq-11 form f_i^l = (G_i^l + pad_i(v_i^l)) . E^l: the gates'
 softmax rows plus the padded native-expert weights, then one matmul over all experts of the level.

@@ -1,4 +1,4 @@
-"""Building blocks (MODELS.md §2): MLP, the fused expert bank and gate bank, one gated fusion level.
+"""Building blocks (docs/MATH.md §2): MLP, the fused expert bank and gate bank, one gated fusion level.
 
 Layout [project]: inside a backbone, per-module tensors are *module-major* `[K, B, d]` (module k's
 rows contiguous), because a batched matmul over modules then needs no copy. A module-level input is
@@ -6,7 +6,7 @@ either one shared `[B, d]` tensor (every module reads x: the first level of ever
 ML-MMoE's gates) or module rows `[R, B, d]` with module k reading row `rows[k]`.
 
 The fused form is mathematically identical to one `nn.Linear`/MLP per expert and per gate
-(MODELS.md §2 "Fused implementation"); tests compare it with per-expert loops on copied weights.
+(docs/MATH.md §2 "Fused implementation"); tests compare it with per-expert loops on copied weights.
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def _row_gather(rows: list[int]) -> tuple[str, int]:
 
 
 class ExpertBank(nn.Module):
-    """K expert MLPs of one architecture (MODELS.md §2 "expert bank"): layer i is a BankLinear + ReLU.
+    """K expert MLPs of one architecture (docs/MATH.md §2 "expert bank"): layer i is a BankLinear + ReLU.
 
     Input as BankLinear's (shared [B, d_in] or rows [R, B, d_in] with `input_rows`); output
     [K, B, widths[-1]], all >= 0. `widths` must not be empty.
@@ -163,7 +163,7 @@ class ExpertBank(nn.Module):
 
 
 class GateBank(nn.Module):
-    """M softmax gates of one level, fused (MODELS.md §2 "Gate").
+    """M softmax gates of one level, fused (docs/MATH.md §2 "Gate").
 
     Gate m reads input row `gate_rows[m]` (None = every gate reads the shared input) and spans the
     experts `gate_experts[m]` (None = all E experts). Gates of equal width share one BankLinear

@@ -20,7 +20,7 @@ BackboneType = Literal[
 ]
 TaskExpertCounts = Union[int, tuple[int, ...]]
 
-# Which optional backbone keys each type reads (MODELS.md §3). `expert_out_dims` is used by all.
+# Which optional backbone keys each type reads (docs/MATH.md §3). `expert_out_dims` is used by all.
 _KEYS_BY_TYPE: dict[str, frozenset[str]] = {
     "shared_bottom": frozenset(),
     "mmoe": frozenset({"num_experts", "gate_bias"}),
@@ -48,7 +48,7 @@ _OPTIONAL_KEYS = ("num_experts", "num_task_experts", "num_shared_experts", "self
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """MODELS.md §3. `expert_out_dims`: one list of MLP widths per level (L levels)."""
+    """docs/MATH.md §3. `expert_out_dims`: one list of MLP widths per level (L levels)."""
 
     type: BackboneType
     expert_out_dims: tuple[tuple[int, ...], ...] = ((128,), (64,))
@@ -133,7 +133,7 @@ class BackboneConfig:
         if m_s is not None and m_s < 0:
             raise ConfigError(f"{path}.num_shared_experts: must be >= 0, got {m_s}")
         if self.type == "ple" and m_s == 0:
-            # [project] MODELS.md §3.4: the reference code's `[-0:]` slice breaks for m_s = 0; PLE
+            # [project] docs/MATH.md §3.4: the reference code's `[-0:]` slice breaks for m_s = 0; PLE
             # rejects it, CGC (the one-level ablation) allows it (task gates over own experts only).
             raise ConfigError(f"{path}.num_shared_experts: ple needs >= 1 shared expert (m_s = 0 is only "
                               f"allowed for cgc)")
@@ -144,7 +144,7 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class TableInitConfig:
-    """Init of one embedding table (MODELS.md §1.1). `scale`: normal std, or uniform half-width."""
+    """Init of one embedding table (docs/MATH.md §1.1). `scale`: normal std, or uniform half-width."""
 
     init: Literal["default", "normal", "uniform"] = "default"
     scale: Optional[float] = None
@@ -178,7 +178,7 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class CTFMConfig:
-    """Cross Task Feature Mining, MODELS.md §5.2 (mtrec design). Widths null = D_L."""
+    """Cross Task Feature Mining, docs/MATH.md §5.2 (mtrec design). Widths null = D_L."""
 
     enabled: bool = False
     stop_gradient: bool = True
@@ -198,7 +198,7 @@ class CTFMConfig:
 
 @dataclass(frozen=True)
 class GKDConfig:
-    """Global Knowledge Distillation, MODELS.md §5.2 (mtrec design).
+    """Global Knowledge Distillation, docs/MATH.md §5.2 (mtrec design).
 
     `mutual_weight` is λ_k (the spec's `lambda`, a Python keyword): one number, or a mapping with
     every task name. `mlp` null = [tower_mlp[-1]] ([] when tower_mlp is empty) [project].
@@ -234,7 +234,7 @@ class GKDConfig:
 
 @dataclass(frozen=True)
 class DMLConfig:
-    """Deep Mutual Learning across task towers; each part switches on its own (MODELS.md §5)."""
+    """Deep Mutual Learning across task towers; each part switches on its own (docs/MATH.md §5)."""
 
     ctfm: CTFMConfig = field(default_factory=CTFMConfig)
     gkd: GKDConfig = field(default_factory=GKDConfig)
@@ -242,7 +242,7 @@ class DMLConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """MODELS.md §6. `task_weights` overrides `Task.loss_weight` (w_k) by task name.
+    """docs/MATH.md §6. `task_weights` overrides `Task.loss_weight` (w_k) by task name.
 
     `loss_norm: global` all-reduces the per-task denominators; models/ has no process group, so the
     training code must pass a `GlobalLossNorm` to `build_model`.
@@ -261,7 +261,7 @@ class LossConfig:
 
 
 def _default_backbone() -> BackboneConfig:
-    """The MODELS.md §9.3 census setting: AdaTT-sp, [[128],[64]], 2 experts per task."""
+    """The docs/MATH.md §9.3 census setting: AdaTT-sp, [[128],[64]], 2 experts per task."""
     return BackboneConfig(type="adatt_sp", expert_out_dims=((128,), (64,)), num_task_experts=2)
 
 

@@ -1,4 +1,4 @@
-"""Cross-stitch (MODELS.md §3.5; Cross-stitch networks; reference code `CrossStitch`).
+"""Cross-stitch (docs/MATH.md §3.5; Cross-stitch networks; reference code `CrossStitch`).
 
 c_k^0 = x. Level l: a_k^l = MLP_k^l(c_k^{l-1}) (one network per task, fused as an expert bank);
 c_j^l = sum_k alpha_{jk}^l a_k^l with alpha^l in R^{T x T}, no bias. h_k = c_k^L.

@@ -1,4 +1,4 @@
-"""Cross Task Feature Mining: MODELS.md §5.2, the project's interpretation of DML §2.3 ("DML (mtrec
+"""Cross Task Feature Mining: docs/MATH.md §5.2, the project's interpretation of DML §2.3 ("DML (mtrec
 design)", not claimed equation-identical to the paper) [project].
 
 One module shared by all towers, at the tower entry. Tower k queries the other towers' inputs with

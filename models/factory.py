@@ -2,7 +2,7 @@
 
 Modules are created in a fixed order (sparse arch, dense MLP, backbone, towers, CTFM, GKD), and a
 disabled DML part builds nothing and draws no RNG, so a seeded model with DML off is bit-identical
-to backbone + towers (MODELS.md §5.2 "Switches").
+to backbone + towers (docs/MATH.md §5.2 "Switches").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Global Knowledge Distillation: MODELS.md §5.2, the project's interpretation of DML §2.4 ("DML
+"""Global Knowledge Distillation: docs/MATH.md §5.2, the project's interpretation of DML §2.4 ("DML
 (mtrec design)") [project].
 
 One global head per task reads its own tower's top hidden layer (or logit) plus the *detached* ones
@@ -46,7 +46,7 @@ class GlobalHeads(nn.Module):
 
 
 def serve_logits(local: torch.Tensor, global_: torch.Tensor, binary: torch.Tensor, head: str) -> torch.Tensor:
-    """The served head's logits [B, T] (MODELS.md §5.2 GKD 4). `mean` averages probabilities for
+    """The served head's logits [B, T] (docs/MATH.md §5.2 GKD 4). `mean` averages probabilities for
     binary tasks, returned as the exact logit of the mean (log-sum-exp form, finite for saturated
     inputs) [project], and values for regression tasks."""
     if head == "local":

@@ -28,7 +28,7 @@ class SparseFeature:
 
 @dataclass(frozen=True)
 class Task:
-    """One prediction target. `loss_weight` is w_k of MODELS.md §6."""
+    """One prediction target. `loss_weight` is w_k of docs/MATH.md §6."""
 
     name: str
     kind: TaskKind = "binary"

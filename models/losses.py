@@ -1,4 +1,4 @@
-"""Losses (MODELS.md §6) and the DML mutual term (§5.2 GKD 3).
+"""Losses (docs/MATH.md §6) and the DML mutual term (§5.2 GKD 3).
 
 Per task k: L_k = sum_i d_ik s_i loss(l_ik, y_ik) / max(sum_i d_ik s_i, eps), and L_k = 0 when the
 denominator is 0 (never NaN). Total: L = sum_k w_k [L_k(l_k) + 1_gkd L_k(g_k)] + sum_k lambda_k DML_k.

@@ -1,4 +1,4 @@
-"""Multi-level MMoE (MODELS.md §3.3; reference code `MLMMoE`). MMoE is its one-level case (mmoe.py).
+"""Multi-level MMoE (docs/MATH.md §3.3; reference code `MLMMoE`). MMoE is its one-level case (mmoe.py).
 
 u_j^0 = x; level l: E_j^l = e_j^l(u_j^{l-1}), j = 1..n. On levels l < L, n gates make the next
 level's rows, u_j^l = sum_i G_{j,i}^l(x) E_i^l; on level L, T gates make the task rows. Every gate

@@ -1,4 +1,4 @@
-"""MMoE (MODELS.md §3.2, MMoE eq 8): ML-MMoE with one level (one code path, ml_mmoe.py).
+"""MMoE (docs/MATH.md §3.2, MMoE eq 8): ML-MMoE with one level (one code path, ml_mmoe.py).
 
 e_i = MLP(D, arch)(x), i = 1..n; g_k = Gate_k(x) in R^n; h_k = sum_i g_{k,i} e_i. Multi-layer
 experts are one level, e.g. expert_out_dims [[256, 128]].

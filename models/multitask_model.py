@@ -1,6 +1,6 @@
 """The top-level multi-task model: shared input -> backbone -> [CTFM] -> towers -> [GKD] -> loss.
 
-Follows TorchRec's train-pipeline contract (PLATFORM.md §3.1): forward(batch) -> (loss, outputs),
+Follows TorchRec's train-pipeline contract (docs/STACK.md §3.1): forward(batch) -> (loss, outputs),
 `batch.sparse_features` goes straight to the EBC by plain attribute access, and the top-level
 forward is FX-traceable (submodules without an EBC are leaves for TorchRec's tracer), with no
 data-dependent Python control flow.
@@ -48,7 +48,7 @@ class MultiTaskModel(nn.Module):
         self.serve_head = serve_head
 
     def shared_input(self, batch: MultiTaskBatch) -> torch.Tensor:
-        """x [B, D] = concat(pooled sparse embeddings, dense') (MODELS.md §1.4; sparse first)."""
+        """x [B, D] = concat(pooled sparse embeddings, dense') (docs/MATH.md §1.4; sparse first)."""
         dense = self.dense_arch(batch.dense)
         if self.sparse_arch is None:
             return dense

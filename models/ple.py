@@ -1,4 +1,4 @@
-"""CGC and PLE (MODELS.md §3.4; PLE §4.1-4.2, eqs 2-7; reference code `PLE`).
+"""CGC and PLE (docs/MATH.md §3.4; PLE §4.1-4.2, eqs 2-7; reference code `PLE`).
 
 Rows: T task rows then the shared row, all x on level 1. Level l experts: task k's m_k experts read
 s_k^{l-1}, the m_s shared experts read s_s^{l-1}; bank order task 1 .. task T, then shared.
@@ -16,7 +16,7 @@ class PLE(LevelStack):
     """x [B, D] -> hidden [B, T, D_L]. `task_experts`: m_k per task; `num_shared_experts`: m_s.
 
     m_s = 0 (allowed by config only for CGC) gives task gates over their own experts only, which
-    avoids the reference code's `[-0:]` slice selecting every expert (MODELS.md §3.4).
+    avoids the reference code's `[-0:]` slice selecting every expert (docs/MATH.md §3.4).
     """
 
     def __init__(self, input_dim: int, expert_out_dims: Sequence[Sequence[int]], task_experts: Sequence[int],

@@ -1,4 +1,4 @@
-"""Shared-bottom (MODELS.md §3.1): one MLP over the flattened expert widths, every task reads it."""
+"""Shared-bottom (docs/MATH.md §3.1): one MLP over the flattened expert widths, every task reads it."""
 from __future__ import annotations
 
 from typing import Sequence

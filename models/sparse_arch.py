@@ -1,4 +1,4 @@
-"""Sparse arch (MODELS.md §1.1): the model's only EmbeddingBagCollection, one table per sparse feature.
+"""Sparse arch (docs/MATH.md §1.1): the model's only EmbeddingBagCollection, one table per sparse feature.
 
 Tables are named `t_<feature>` (SparseFeature.table_name), in InputSpec order, so the pooled output
 `[B, sum_f D_f]` has one block per feature in KJT key order. The EBC is built on device "meta" for

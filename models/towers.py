@@ -1,4 +1,4 @@
-"""Task towers (MODELS.md §4): z_k = MLP_k(h'_k), l_k = Linear(dim z_k, 1)(z_k), no activation.
+"""Task towers (docs/MATH.md §4): z_k = MLP_k(h'_k), l_k = Linear(dim z_k, 1)(z_k), no activation.
 
 The T towers are fused as banks (slice k of each parameter is tower k, initialised like its own
 nn.Linear), so the towers cost one batched matmul per layer whatever T is [project].

@@ -16,7 +16,7 @@ import yaml
 from models.config import ModelConfig
 from models.typed_config import ConfigError, from_dict, to_dict
 
-# Sharding types the CPU/gloo planner can serve; row-wise variants need GPUs (PLATFORM.md §2).
+# Sharding types the CPU/gloo planner can serve; row-wise variants need GPUs (docs/STACK.md §2).
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
 GPU_ONLY_SHARDING_TYPES = ("row_wise", "table_row_wise", "grid_shard")
 

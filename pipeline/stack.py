@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 
-# torchrec's version equals fbgemm's; fbgemm 1.8 is built against torch 2.13 (PLATFORM.md §1).
+# torchrec's version equals fbgemm's; fbgemm 1.8 is built against torch 2.13 (docs/STACK.md §1).
 PINNED = {"torch": "2.13.0", "torchrec": "1.8.0", "fbgemm": "1.8.0"}
 
 

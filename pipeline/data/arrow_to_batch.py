@@ -1,7 +1,7 @@
 """Arrow -> MultiTaskBatch: column checks, vectorised value validation and tensor conversion.
 
 Nothing here loops over rows in Python: lengths come from `pc.list_value_length`, ids from
-`flatten()`, checks are numpy reductions (PLATFORM.md §3.5). Bad input raises `DataError` naming
+`flatten()`, checks are numpy reductions (docs/STACK.md §3.5). Bad input raises `DataError` naming
 the file, row group and column. Ids of `hashed: true` features go through
 `schema.hash_ids_into_range`. The one tolerated irregularity, an empty (or null) id list, pools to
 zero in the model and is counted in `ReadStats.empty_lists` [project].

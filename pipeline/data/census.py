@@ -1,4 +1,4 @@
-"""`mtrec prepare census`: UCI Census-Income (KDD) -> an mtrec Parquet dataset (MODELS.md §9).
+"""`mtrec prepare census`: UCI Census-Income (KDD) -> an mtrec Parquet dataset (docs/MATH.md §9).
 
 - Raw: census-income.data.gz (199,523 rows) and census-income.test.gz (99,762 rows), 42 fields,
   values with a leading space (stripped here; trailing spaces are part of some values and kept).
@@ -6,7 +6,7 @@
   50/50 into valid (first half of the permutation) and test. row_id = line index in the data file,
   or 199,523 + line index in the test file, so the split membership is persisted in every row.
 - Tasks: income (col 41 == "50000+."), never_married (col 7 == "Never married"), education (col 4
-  in the set of `--edu-def`, MODELS.md §9.2).
+  in the set of `--edu-def`, docs/MATH.md §9.2).
 - Features: every column except 4, 7 (label sources), 24 (instance weight, kept as the extra column
   `instance_weight`, neither a feature nor the sample weight) and 41. The 7 continuous columns are
   min-max scaled with train statistics (valid/test clipped to [0, 1]); the 31 categorical columns

@@ -1,4 +1,4 @@
-"""`mtrec prepare synthetic`: the MMoE generator with controllable task correlation (MODELS.md §8).
+"""`mtrec prepare synthetic`: the MMoE generator with controllable task correlation (docs/MATH.md §8).
 
 Published part (MMoE §3.2, constants from PLE §5.2.1): orthonormal u_1..u_T by Gram-Schmidt,
 w_1 = c u_1, w_t = c (p u_1 + sqrt(1 - p^2) u_t), alpha/beta ~ N(0, I_m) shared by all tasks,
@@ -63,7 +63,7 @@ class SyntheticSpec:
     row_groups_per_file: int = 16
     c: float = 1.0  # |w_t|
     sin_terms: int = 10  # m
-    noise_std: float = 0.1  # MMoE's N(0, 0.01) read as a variance (MODELS.md §8.6)
+    noise_std: float = 0.1  # MMoE's N(0, 0.01) read as a variance (docs/MATH.md §8.6)
     chunk_rows: int = 16384
     calibration_rows: int = 65536
     zipf_exponent: float = 1.2
@@ -121,7 +121,7 @@ class Chunk:
 
 
 def make_geometry(spec: SyntheticSpec, rng: np.random.Generator) -> Geometry:
-    """Gram-Schmidt directions and the shared sin parameters (MODELS.md §8.2-8.4, T > 2 extension)."""
+    """Gram-Schmidt directions and the shared sin parameters (docs/MATH.md §8.2-8.4, T > 2 extension)."""
     g = rng.standard_normal((spec.tasks, spec.dense_dim))
     u = np.zeros_like(g)
     for t in range(spec.tasks):
@@ -251,7 +251,7 @@ class SyntheticGenerator:
         cosines = [float(w[0] @ w[t] / (np.linalg.norm(w[0]) * np.linalg.norm(w[t]))) for t in range(len(w))]
         return {
             "params": to_dict(self.spec),
-            "generator": "MMoE synthetic (MODELS.md §8) with [project] extensions: T > 2, binary labels by "
+            "generator": "MMoE synthetic (docs/MATH.md §8) with [project] extensions: T > 2, binary labels by "
                          "calibrated median, sparse Zipf id features with hashed pseudo-embeddings "
                          "(pipeline/data/synthetic.py docstring)",
             "chunk_rows": self.spec.chunk_rows,

@@ -2,7 +2,7 @@
 
 Global worker g = rank * W + worker_id out of G = world_size * W, with W = max(1, num_workers).
 Every unit goes to exactly one g, so every row is read exactly once per epoch for any world size
-and worker count (PLATFORM.md §6).
+and worker count (docs/STACK.md §6).
 """
 from __future__ import annotations
 

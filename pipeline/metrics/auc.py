@@ -1,6 +1,6 @@
 """AUC from score-ordered (pos, neg) masses: histogram (bounded memory) and exact (tie-averaged).
 
-MODELS.md §10.2–10.3. Both modes reduce to one formula over groups sorted by ascending score,
+docs/MATH.md §10.2–10.3. Both modes reduce to one formula over groups sorted by ascending score,
 `AUC = [Σ_g pos_g·N_{<g} + ½ Σ_g pos_g·neg_g] / (P·N)`: a group is a histogram bin (bounded mode,
 with the certified bound `½ Σ_g pos_g·neg_g / (P·N)`) or one distinct score (exact mode, bound 0).
 """
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_MANTISSA_BITS = 10  # MODELS.md §10.3: 127·2^10 + 1 = 130,049 bins, relative width ≤ 2^-10
+DEFAULT_MANTISSA_BITS = 10  # docs/MATH.md §10.3: 127·2^10 + 1 = 130,049 bins, relative width ≤ 2^-10
 _FLOAT32_MANTISSA_BITS = 23
 
 
@@ -20,7 +20,7 @@ def num_bins(mantissa_bits: int) -> int:
 
 
 def histogram_keys(scores: np.ndarray, mantissa_bits: int) -> np.ndarray:
-    """Monotone bin index of each score in [0, 1] (MODELS.md §10.3).
+    """Monotone bin index of each score in [0, 1] (docs/MATH.md §10.3).
 
     scores: [n] float (float64 is rounded to float32 first; rounding is monotone, so bins stay
     ordered in the original score). Returns [n] int32 in [0, num_bins(k)).
@@ -80,7 +80,7 @@ def roc_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray
 class ExactScoreCounts:
     """Exact-mode AUC state: a sparse map score -> (pos, neg), merged by key-wise addition.
 
-    Keyed on the float64 score (MODELS.md §10.2 allows the float32 bit pattern; float64 keeps
+    Keyed on the float64 score (docs/MATH.md §10.2 allows the float32 bit pattern; float64 keeps
     float64 predictions exact too) [project]. Memory is O(distinct scores): for validation and
     modest sizes. Batches are buffered and folded into the sorted map when the buffer outgrows it,
     so the amortised cost is O(n log n).

@@ -1,4 +1,4 @@
-"""Mergeable per-task metric accumulators (MODELS.md §10): every state is a sum.
+"""Mergeable per-task metric accumulators (docs/MATH.md §10): every state is a sum.
 
 `MultiTaskMetrics` is what the evaluator and `mtrec metrics` feed batch by batch; `merge_` and
 `all_reduce_` add states, so a report does not depend on how rows were split into batches, files
@@ -20,7 +20,7 @@ from pipeline.metrics.auc import (DEFAULT_MANTISSA_BITS, ExactScoreCounts, group
                                tie_averaged_auc)
 
 AucMode = Literal["bounded", "exact"]
-ETA = 1e-12  # prediction clamp of the log loss, as torchrec.metrics (MODELS.md §10.1)
+ETA = 1e-12  # prediction clamp of the log loss, as torchrec.metrics (docs/MATH.md §10.1)
 _HIST_FOLD_ROWS = 1 << 20  # [project] rows summed plainly per histogram bin before a compensated fold
 SEGMENT_MANTISSA_BITS = 7  # [project] 16,257 bins per task and segment: keeps many segments affordable
 
@@ -194,7 +194,7 @@ def _entropy_rate(rate: float) -> float:
 class BinaryTaskState:
     """Sums of one binary task: counts (int64), W/POS/NEG/CE/PRED, and the AUC state.
 
-    Labels are y ∈ [0, 1]; a soft label adds w·y positive and w·(1−y) negative mass (MODELS.md §10)
+    Labels are y ∈ [0, 1]; a soft label adds w·y positive and w·(1−y) negative mass (docs/MATH.md §10)
     and is counted in `soft_label_count` so that accidental probabilities-as-labels are visible.
     """
 
@@ -401,7 +401,7 @@ def _all_reduce_states_(states: Sequence[TaskState], extra_ints: Sequence[np.nda
 
 
 class MultiTaskMetrics:
-    """Per-task offline metrics over any number of batches, files and ranks (MODELS.md §10).
+    """Per-task offline metrics over any number of batches, files and ranks (docs/MATH.md §10).
 
     tasks: the model's tasks in label-column order (binary: NE/AUC/calibration; regression: MSE/MAE).
     auc_mode: "bounded" (histogram, with certified bound) or "exact" (sparse score map, bound 0).

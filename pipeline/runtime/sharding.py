@@ -23,7 +23,7 @@ from pipeline.runtime.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
-# Compute kernels per device type (PLATFORM.md §2): `fused` for sharded tables, `dense` for DP.
+# Compute kernels per device type (docs/STACK.md §2): `fused` for sharded tables, `dense` for DP.
 CPU_COMPUTE_KERNELS = ("fused", "dense")
 
 

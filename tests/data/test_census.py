@@ -1,4 +1,4 @@
-"""`mtrec prepare census` against MODELS.md §9 (uses the session-wide `census_dir` fixture)."""
+"""`mtrec prepare census` against docs/MATH.md §9 (uses the session-wide `census_dir` fixture)."""
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,4 @@
-"""The MMoE synthetic generator (MODELS.md §8) and its streaming writer."""
+"""The MMoE synthetic generator (docs/MATH.md §8) and its streaming writer."""
 from __future__ import annotations
 
 import json

@@ -38,7 +38,7 @@ def torchx_run(scheduler: str, component: str, args: list[str], torchxconfig: Pa
 
     TORCHXCONFIG points at `torchxconfig` so the repo's .torchxconfig (defaults meant for people)
     cannot change what the test runs. For local_docker, `--workspace ""` runs the image as built
-    (no overlay image; PLATFORM.md §4.4), and the job's containers are removed afterwards.
+    (no overlay image; docs/STACK.md §4.4), and the job's containers are removed afterwards.
     Raises AssertionError with the output tail when the job fails.
     """
     cmd = [str(VENV_BIN / "torchx"), "run", "-s", scheduler]

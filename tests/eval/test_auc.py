@@ -1,4 +1,4 @@
-"""AUC: exact mode equals scikit-learn; bounded mode lies within its certified bound (MODELS.md §10.2–10.3)."""
+"""AUC: exact mode equals scikit-learn; bounded mode lies within its certified bound (docs/MATH.md §10.2–10.3)."""
 from __future__ import annotations
 
 import numpy as np

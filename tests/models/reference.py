@@ -1,4 +1,4 @@
-"""Naive per-expert / per-gate implementations of MODELS.md §3, written from the equations.
+"""Naive per-expert / per-gate implementations of docs/MATH.md §3, written from the equations.
 
 They read the fused modules' weights slice by slice (expert e of a bank = slice e of every layer;
 gate m = its slot in the gate bank), so a fused-vs-naive comparison checks routing, ordering and

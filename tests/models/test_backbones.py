@@ -1,4 +1,4 @@
-"""Backbone invariants of MODELS.md §7 (1-11): shapes, gates, fused == naive, special cases."""
+"""Backbone invariants of docs/MATH.md §7 (1-11): shapes, gates, fused == naive, special cases."""
 from __future__ import annotations
 
 import dataclasses
@@ -267,7 +267,7 @@ def test_batch_independence(kind):
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_expert_banks_initialise_like_nn_linear(kind):
-    """Every fused slice is drawn from nn.Linear's U(±1/sqrt(fan_in)) (MODELS.md §2)."""
+    """Every fused slice is drawn from nn.Linear's U(±1/sqrt(fan_in)) (docs/MATH.md §2)."""
     model = make(kind, 3)
     for name, p in model.named_parameters():
         if "native" in name or "stitch" in name:

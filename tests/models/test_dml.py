@@ -1,4 +1,4 @@
-"""Deep Mutual Learning across task towers (MODELS.md §5.2, §7.12-15): switches, CTFM, GKD."""
+"""Deep Mutual Learning across task towers (docs/MATH.md §5.2, §7.12-15): switches, CTFM, GKD."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""MODELS.md §6 losses and §7.16 masks: masked, sample-weighted per-task means, never NaN."""
+"""docs/MATH.md §6 losses and §7.16 masks: masked, sample-weighted per-task means, never NaN."""
 from __future__ import annotations
 
 import math
