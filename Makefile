@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 RUN_DIR ?= runs/census_adatt_dml
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test clean
 setup:
 	@scripts/bootstrap.sh
 

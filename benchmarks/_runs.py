@@ -186,6 +186,14 @@ def validation_at(run_dir: Path, step: Optional[int]) -> dict[str, Any]:
     return {"tasks": valid[-1]["tasks"]}
 
 
+def validation_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """Every validation of the run, [{"step", "tasks": compact}] in step order (a step logged twice
+    by a resumed run: the later line), so that selection rules can be compared from the ledger."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    by_step = {r["step"]: r for r in rows if r["kind"] == "valid"}
+    return [{"step": step, "tasks": compact(by_step[step])} for step in sorted(by_step)]
+
+
 def compact(report: Mapping[str, Any]) -> dict[str, dict[str, Optional[float]]]:
     """{task: {metric: value}} for the metrics the tables use."""
     return {task: {m: values[m] for m in RECORDED_METRICS if m in values} for task, values in report["tasks"].items()}
@@ -214,7 +222,7 @@ def train_and_evaluate(spec: RunSpec, data: Path, root: Path, budget: Budget) ->
             "overrides": list(spec.overrides), "steps": summary["steps"], "best_step": summary["best_step"],
             "evaluated_step": evaluated_step, "stopped_early": summary["stopped_early"],
             "valid": compact(validation_at(run_dir, evaluated_step)), "test": compact(load_report(report_dir)),
-            "wall_s": round(time.perf_counter() - started, 1)}
+            "valid_curve": validation_curve(run_dir), "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def _init_worker(threads: int) -> None:

@@ -71,7 +71,7 @@ class _Clock:
 
 def worker_mtrec(rows: int, mode: str) -> dict:
     from models.inputs import Task
-    from pipeline.metrics.metric_state import MultiTaskMetrics
+    from pipeline.metrics.multitask import MultiTaskMetrics
 
     metrics = MultiTaskMetrics([Task(t) for t in TASKS], auc_mode=mode)
     clock = _Clock()

@@ -98,18 +98,40 @@ class BankLinear(nn.Module):
         return x.index_select(0, self._rows)
 
 
+class _AutocastState(NamedTuple):
+    device_type: str
+    enabled: bool
+    dtype: torch.dtype
+
+
+def _autocast_state(x: torch.Tensor) -> _AutocastState:
+    """The autocast state of x's device type when a custom Function's forward runs."""
+    device_type = x.device.type
+    return _AutocastState(device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+
+
+def _replay_autocast(state: _AutocastState) -> torch.autocast:
+    """Re-enter the forward's autocast state in backward, so the backward matmuls cast their
+    operands as the forward's did (grad arrives in bf16, saved fp32 weights are cast to match).
+    What torch.amp.custom_fwd/custom_bwd do for one device type fixed at class definition; these
+    Functions run on CPU and CUDA."""
+    return torch.autocast(state.device_type, dtype=state.dtype, enabled=state.enabled)
+
+
 class BankMatmul(torch.autograd.Function):
     """out[k] = rows[k] @ weight[k] + bias[k]: [K, B, d] x [K, d, o] (+ [K, o]) -> [K, B, o].
 
     Autograd's batched-matmul backward forms the weight gradient as rows^T @ grad, which is several
     times slower on CPU than (grad^T @ rows)^T when o is small (gates, tower heads); this computes
-    the latter [project]. `bias` may be None.
+    the latter [project]. `bias` may be None. Under autocast the gradients come back in each
+    input's own dtype (fp32 master weights get fp32 gradients).
     """
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(rows, weight)
         ctx.has_bias = bias is not None
+        ctx.autocast = _autocast_state(rows)
         return torch.bmm(rows, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), rows, weight)
 
     @staticmethod
@@ -117,11 +139,14 @@ class BankMatmul(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         rows, weight = ctx.saved_tensors
         need_rows, need_weight, need_bias = ctx.needs_input_grad
-        grad_rows = torch.bmm(grad, weight.transpose(1, 2)) if need_rows else None
-        grad_weight = None
-        if need_weight:  # copied into the weight's own layout, which DDP's gradient buckets expect
-            grad_weight = torch.empty_like(weight).copy_(torch.bmm(grad.transpose(1, 2), rows).transpose(1, 2))
-        grad_bias = grad.sum(1) if ctx.has_bias and need_bias else None
+        grad_rows = grad_weight = grad_bias = None
+        with _replay_autocast(ctx.autocast):
+            if need_rows:
+                grad_rows = torch.bmm(grad, weight.transpose(1, 2)).to(rows.dtype)
+            if need_weight:  # copied into the weight's own layout, which DDP's gradient buckets expect
+                grad_weight = torch.empty_like(weight).copy_(torch.bmm(grad.transpose(1, 2), rows).transpose(1, 2))
+        if ctx.has_bias and need_bias:
+            grad_bias = grad.sum(1, dtype=weight.dtype)
         return grad_rows, grad_weight, grad_bias
 
 
@@ -240,18 +265,22 @@ class GatedMix(torch.autograd.Function):
 
     Forward and both gradients are single einsums [project]: autograd's own backward of the einsum
     goes through batched-matmul backward and permute copies and measured about 2x slower on CPU.
+    Under autocast the backward replays the forward's autocast state (see BankMatmul).
     """
 
     @staticmethod
     def forward(ctx, mix: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(mix, experts)
+        ctx.autocast = _autocast_state(mix)
         return torch.einsum("mbe,ebd->mbd", mix, experts)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mix, experts = ctx.saved_tensors
-        return torch.einsum("mbd,ebd->mbe", grad, experts), torch.einsum("mbe,mbd->ebd", mix, grad)
+        with _replay_autocast(ctx.autocast):
+            return (torch.einsum("mbd,ebd->mbe", grad, experts).to(mix.dtype),
+                    torch.einsum("mbe,mbd->ebd", mix, grad).to(experts.dtype))
 
 
 def gates_batch_major(gates: list[torch.Tensor]) -> list[torch.Tensor]:

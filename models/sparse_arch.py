@@ -1,7 +1,11 @@
 """Sparse arch (docs/MATH.md §1.1): the model's only EmbeddingBagCollection, one table per sparse feature.
 
-Tables are named `t_<feature>` (SparseFeature.table_name), in InputSpec order, so the pooled output
-`[B, sum_f D_f]` has one block per feature in KJT key order. The EBC is built on device "meta" for
+Tables are named `t_<feature>` (SparseFeature.table_name), in InputSpec order, and the pooled output
+`[B, sum_f D_f]` has one block per feature in InputSpec order, whatever the sharding plan: a sharded
+EBC returns its KeyedTensor's keys grouped by sharding (table-wise: by rank), so `.values()` alone
+would hand the dense side a column order that depends on the plan and world size, and a model
+trained under one plan would read permuted embeddings under another. `KeyedTensor.regroup` puts the
+blocks back in the fixed order. The EBC is built on device "meta" for
 DistributedModelParallel to shard and materialise, or on "cpu" for unsharded use (tests, tools).
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from models.config import EmbeddingConfig, TableInitConfig
 from models.inputs import InputSpec
@@ -56,6 +60,7 @@ class SparseArch(nn.Module):
         tables = embedding_tables(inputs, cfg)
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
         self.out_dim = sum(t.embedding_dim for t in tables)
+        self.feature_order = [name for t in tables for name in t.feature_names]
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        return self.ebc(features).values()
+        return KeyedTensor.regroup([self.ebc(features)], [self.feature_order])[0]

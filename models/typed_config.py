@@ -1,6 +1,7 @@
 """Build typed (frozen) dataclasses from plain YAML dicts, rejecting unknown keys by path.
 
-Shared by `models.config` and `pipeline.config`: one validator for every config section.
+Shared by `models.config` and `pipeline.config`: one validator for every config section, and one
+YAML parser for config text (`parse_yaml`: safe_load plus an error for a duplicate key).
 """
 from __future__ import annotations
 
@@ -9,11 +10,50 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+import yaml
+
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config value is unknown, mistyped or impossible; the message names the key path."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key repeated in one mapping (plain safe_load keeps the last
+    one silently, so a second `train:` section would quietly replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            line = key_node.start_mark.line + 1
+            if seen:
+                raise ConfigError(f"{self.name}: duplicate key {key!r} at line {line} (first at line {first_line[key]})")
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load(text)`, except that a duplicate key is an error; errors name `source`
+    (a file name, or e.g. "override 'a=b'")."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = source  # what marks (line/column of an error) report as the stream's name
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        where = f" (line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1})" if e.problem_mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:

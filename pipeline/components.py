@@ -16,6 +16,10 @@ from torchx.components import dist
 
 def _ddp(args: List[str], name: str, image: str, j: str, cpu: int, gpu: int, memMB: int, max_retries: int,
          max_restarts: int, mounts: Optional[List[str]], env: Optional[Dict[str, str]], rdzv_port: int) -> specs.AppDef:
+    # torchrun sets OMP_NUM_THREADS=1 for several local ranks and prints a banner about it; set it
+    # explicitly (the replica's CPUs shared by its ranks) so the log starts with our own lines.
+    nproc_per_node = dist.parse_nnodes(j)[2]
+    env = {"OMP_NUM_THREADS": str(max(1, cpu // nproc_per_node)), **(env or {})}
     app = dist.ddp(*args, m="pipeline", name=name, image=image, j=j, cpu=cpu, gpu=gpu, memMB=memMB,
                    max_retries=max_retries, mounts=mounts, env=env, rdzv_port=rdzv_port)
     if max_restarts:
@@ -75,10 +79,11 @@ def train(
 
 
 def evaluate(
-    config: str,
     checkpoint: str,
     data: str,
     out: str,
+    config: Optional[str] = None,
+    which: str = "best",
     write_predictions: bool = False,
     auc_mode: str = "bounded",
     image: str = "mtrec:cpu",
@@ -93,10 +98,11 @@ def evaluate(
     """Stream a Parquet log through a trained model and write per-task NE/AUC/calibration (mtrec evaluate).
 
     Args:
-        config: job YAML the model was trained with
-        checkpoint: run directory or a checkpoint directory
+        checkpoint: run directory (its best checkpoint, else latest), RUN/checkpoints/latest, or a checkpoint directory
         data: dataset split directory or a Parquet glob
         out: report directory
+        config: job YAML; default: the one stored with the checkpoint (a differing model is refused)
+        which: with a run directory: best (by validation) or latest
         write_predictions: also write predictions to Parquet (one file per rank)
         auc_mode: bounded (histogram, certified error bound) or exact
         image: container image (ignored by local_cwd)
@@ -108,8 +114,10 @@ def evaluate(
         env: environment variables for every replica
         rdzv_port: port of the c10d rendezvous on replica 0 (multi-node)
     """
-    args = ["evaluate", "--config", config, "--checkpoint", checkpoint, "--data", data, "--out", out,
+    args = ["evaluate", "--checkpoint", checkpoint, "--which", which, "--data", data, "--out", out,
             "--auc-mode", auc_mode]
+    if config is not None:
+        args += ["--config", config]
     if write_predictions:
         args.append("--write-predictions")
     return _ddp(args, "mtrec-evaluate", image, j, cpu, gpu, memMB, 0, 0, mounts, env, rdzv_port)

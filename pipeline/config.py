@@ -2,19 +2,25 @@
 
 Sections: `model` (models.config.ModelConfig), `train`, `data`, `sharding`, `eval`. Unknown keys and
 impossible values are a ConfigError naming the key path at start-up, never a crash mid-training.
-`key=value` overrides (values parsed as YAML) are applied before validation.
+A file may start from another one (`extends: recipes/census.yaml`, relative to the file; chains
+allowed): mappings are merged key by key, anything else (lists included) is replaced. `key=value`
+overrides (values parsed as YAML) are applied to the merged mapping before validation.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
 
 from models.config import ModelConfig
-from models.typed_config import ConfigError, from_dict, to_dict
+from models.typed_config import ConfigError, from_dict, parse_yaml, to_dict
+
+EXTENDS = "extends"  # top-level key: the path of the base config, relative to this file
+MAX_STEPS_ENV = "MTREC_MAX_STEPS"  # caps train.max_steps of `mtrec train` (docs/TRAINING.md)
 
 # Sharding types the CPU/gloo planner can serve; row-wise variants need GPUs (docs/STACK.md §2).
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
@@ -55,12 +61,36 @@ class LRScheduleConfig:
     min_factor: float = 0.0
 
 
-@dataclass(frozen=True)
-class EarlyStoppingConfig:
-    """Stop when `task`'s validation `metric` has not improved for `patience` validations."""
+MEAN_OF_TASKS = "mean"
 
-    task: Optional[str] = None  # None = early stopping off
+
+@dataclass(frozen=True)
+class WatchedMetric:
+    """A validation metric of one task, or `task: mean` for its mean over the tasks that have it
+    (docs/TRAINING.md). `task: null` watches nothing."""
+
+    task: Optional[str] = None
     metric: Literal["auc", "ne", "logloss"] = "auc"
+
+    def score(self, tasks: dict[str, dict[str, Any]]) -> Optional[float]:
+        """The watched value of one validation's {task: {metric: value}} (None when undefined)."""
+        if self.task != MEAN_OF_TASKS:
+            return tasks[self.task][self.metric]
+        values = [m[self.metric] for m in tasks.values() if m.get(self.metric) is not None]
+        return sum(values) / len(values) if values else None
+
+    def better(self, score: Optional[float], best: Optional[float]) -> bool:
+        """Whether `score` improves on `best` (AUC: higher; NE and log loss: lower)."""
+        if score is None:
+            return False
+        return best is None or (score > best if self.metric == "auc" else score < best)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig(WatchedMetric):
+    """Stop when the watched validation metric has not improved for `patience` validations
+    (`task: null` = early stopping off)."""
+
     patience: int = 2
 
 
@@ -80,6 +110,21 @@ class TrainConfig:
     checkpoint_every_steps: Optional[int] = None  # None = at each validation and at the end
     keep_last_checkpoints: int = 2
     log_every_steps: int = 50
+    # RUN/checkpoints/best follows the early-stopping metric; without early stopping, this one
+    # (task null and no early stopping: no best checkpoint, scoring uses the latest).
+    best_checkpoint: WatchedMetric = field(default_factory=WatchedMetric)
+    # Dense-side compute: fp32, or bf16 autocast with fp32 master weights (docs/TRAINING.md).
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @property
+    def watched(self) -> WatchedMetric:
+        """What selects the best checkpoint (and drives early stopping when that is on)."""
+        return self.early_stopping if self.early_stopping.task is not None else self.best_checkpoint
+
+    def task_names_used(self) -> dict[str, str]:
+        """config key -> task name, for every task this section names (checked against the dataset)."""
+        named = {"train.early_stopping.task": self.early_stopping.task, "train.best_checkpoint.task": self.best_checkpoint.task}
+        return {k: v for k, v in named.items() if v is not None and v != MEAN_OF_TASKS}
 
     def validate(self, path: str) -> None:
         for name in ("epochs", "batch_size", "keep_last_checkpoints", "log_every_steps"):
@@ -104,19 +149,45 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TableShardingConfig:
+    """Planner constraints of one table (docs/TRAINING.md "Sharding under a memory budget")."""
+
     sharding_types: tuple[str, ...] = ()  # empty = let the planner choose among those allowed
     compute_kernels: tuple[str, ...] = ()
+    # Column-wise shards are `min_partition` columns wide (rounded up to a multiple-of-4 divisor of
+    # the dim; TorchRec's default is 128, so a 64-wide table is never split). None = auto: a table
+    # that does not fit one rank's budget is cut into world-size shards, others keep TorchRec's.
+    min_partition: Optional[int] = None
+    pooling_factor: Optional[float] = None  # mean ids per row, for the planner's estimates; None = 1
+
+    def validate(self, path: str) -> None:
+        if self.min_partition is not None and (self.min_partition < 4 or self.min_partition % 4):
+            raise ConfigError(f"{path}.min_partition: must be a multiple of 4 (fbgemm), got {self.min_partition}")
+        if self.pooling_factor is not None and self.pooling_factor <= 0:
+            raise ConfigError(f"{path}.pooling_factor: must be > 0, got {self.pooling_factor}")
 
 
 @dataclass(frozen=True)
 class ShardingConfig:
-    """Per-table planner constraints; `tables` is keyed by table name (`t_<feature>`)."""
+    """Per-table planner constraints (`tables` is keyed by table name `t_<feature>` and replaces
+    `default` for that table) and the per-rank memory budget the plan must fit."""
 
     default: TableShardingConfig = field(default_factory=TableShardingConfig)
     tables: dict[str, TableShardingConfig] = field(default_factory=dict)
+    # Memory one rank may use (GB = 1e9 bytes): host RAM on CPU, device memory on GPU. None = detected
+    # (physical RAM / local ranks, or the GPU's memory).
+    per_rank_memory_gb: Optional[float] = None
+    # Share of the budget kept for activations, batches and allocator slack; the rest, minus the
+    # dense parameters' state, is what table shards (weights + optimiser state) may fill.
+    reserve_fraction: float = 0.15
 
     def for_table(self, table: str) -> TableShardingConfig:
         return self.tables.get(table, self.default)
+
+    def validate(self, path: str) -> None:
+        if self.per_rank_memory_gb is not None and self.per_rank_memory_gb <= 0:
+            raise ConfigError(f"{path}.per_rank_memory_gb: must be > 0 or null, got {self.per_rank_memory_gb}")
+        if not 0 <= self.reserve_fraction < 1:
+            raise ConfigError(f"{path}.reserve_fraction: must be in [0, 1), got {self.reserve_fraction}")
 
 
 @dataclass(frozen=True)
@@ -134,34 +205,112 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with `a.b.c=value` overrides applied (value parsed as YAML)."""
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with `a.b.c=value` overrides applied (value parsed as YAML).
+    A malformed override is a ConfigError naming it."""
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        parts = key.split(".")
+        if not sep or not all(part.strip() for part in parts):
             raise ConfigError(f"override {item!r}: expected key.path=value")
         node = out
-        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = parse_yaml(value, f"override {item!r}")
     return out
 
 
-def load_job_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read, override and validate a job YAML. Errors name the file and the key path."""
-    path = Path(path)
+def deep_merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """`child` on top of `base`: mappings merge key by key, every other value (lists too) replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_layers(path: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The `extends` chain of a job YAML, base first: (file, its mapping merged onto its bases').
+    The last entry is the whole config. Errors name the file; a cycle names every file in it."""
+    layers: list[tuple[Path, dict[str, Any]]] = []
+    _read_layers(Path(path), [], layers)
+    return layers
+
+
+def _read_layers(path: Path, chain: list[Path], layers: list[tuple[Path, dict[str, Any]]]) -> None:
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ConfigError(f"{chain[-1]}: {EXTENDS} cycle: {' -> '.join(map(str, [*chain, path]))}")
+    if not path.is_file():
+        what = f"{chain[-1]}: {EXTENDS}: " if chain else ""
+        raise ConfigError(f"{what}{path}: no such config file")
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop(EXTENDS, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: {EXTENDS}: expected a file path relative to this file, got {base!r}")
+        _read_layers(path.parent / base, [*chain, path], layers)
+        raw = deep_merge(layers[-1][1], raw)
+    layers.append((path, raw))
+
+
+def load_job_config(path: str | Path, overrides: Sequence[str] | None = None) -> JobConfig:
+    """Read (with its `extends` chain), override and validate a job YAML. An error names the file
+    whose keys make it invalid (the first in the chain, base first) or else the override."""
+    layers = read_config_layers(path)
+    overrides = list(overrides or [])
+    merged = apply_overrides(layers[-1][1], overrides)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    try:
-        return from_dict(JobConfig, apply_overrides(raw, overrides or []))
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        return from_dict(JobConfig, merged)
+    except ConfigError as error:
+        raise _blame(error, layers, overrides) from None
+
+
+def _blame(error: ConfigError, layers: list[tuple[Path, dict[str, Any]]], overrides: list[str]) -> ConfigError:
+    """`error` (of the merged, overridden config) attributed to a file or an override."""
+    for source, raw in layers:
+        try:
+            from_dict(JobConfig, raw)
+        except ConfigError as e:
+            return ConfigError(f"{source}: {e}")
+    for item in overrides:
+        try:
+            from_dict(JobConfig, apply_overrides(layers[-1][1], [item]))
+        except ConfigError as e:
+            return ConfigError(f"override {item!r}: {e}")
+    return ConfigError(f"overrides {overrides}: {error}")  # each one is fine alone, not together
+
+
+def max_steps_cap(env: Mapping[str, str]) -> Optional[int]:
+    """The MTREC_MAX_STEPS step budget (None when unset): lets a harness run documented commands
+    with a few steps. Validation and evaluation batches are not affected."""
+    value = env.get(MAX_STEPS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{MAX_STEPS_ENV}={value!r}: expected a positive integer")
+    return int(value)
+
+
+def train_job_config(path: str | Path, overrides: Sequence[str] = (), *, max_steps: Optional[int] = None,
+                     epochs: Optional[int] = None, seed: Optional[int] = None,
+                     env: Mapping[str, str] = os.environ) -> JobConfig:
+    """The config of `mtrec train`: the YAML, its `key=value` overrides, then the --max-steps,
+    --epochs and --seed flags, then train.max_steps capped at MTREC_MAX_STEPS when that is set."""
+    flags = [f"train.{key}={value}" for key, value in (("max_steps", max_steps), ("epochs", epochs), ("seed", seed))
+             if value is not None]
+    cfg = load_job_config(path, [*overrides, *flags])
+    cap = max_steps_cap(env)
+    if cap is not None and (cfg.train.max_steps is None or cfg.train.max_steps > cap):
+        cfg = replace(cfg, train=replace(cfg.train, max_steps=cap))
+    return cfg
 
 
 def dump_job_config(cfg: JobConfig) -> str:

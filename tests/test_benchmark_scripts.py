@@ -102,7 +102,46 @@ def test_sweep_task_mean_averages_only_the_tasks_that_have_the_metric(runs):
     assert sweep.task_mean(report, "logloss") is None
 
 
-@pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py"])
+def test_validation_curve_is_in_step_order_and_keeps_the_later_line(runs, tmp_path):
+    lines = [{"kind": "valid", "step": 20, "tasks": {"t": {"auc": 0.3, "auc_mode": "bounded"}}},
+             {"kind": "train", "step": 20, "loss": 1.0},
+             {"kind": "valid", "step": 10, "tasks": {"t": {"auc": 0.1}}},
+             {"kind": "valid", "step": 10, "tasks": {"t": {"auc": 0.2}}}]  # a resumed run logs it again
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert runs.validation_curve(tmp_path) == [{"step": 10, "tasks": {"t": {"auc": 0.2}}},
+                                               {"step": 20, "tasks": {"t": {"auc": 0.3}}}]
+
+
+def _curve(*epochs: tuple[float, float, float]) -> list[dict]:
+    """(income, never_married, education) AUC per epoch -> a ledger valid_curve."""
+    return [{"step": 10 * (i + 1), "tasks": {t: {"auc": a} for t, a in zip(("income", "never_married", "education"), e)}}
+            for i, e in enumerate(epochs)]
+
+
+def test_ablation_rules_replay_early_stopping(runs):
+    ablation = importlib.import_module("census_ablation")
+    curve = _curve((0.90, 0.99, 0.88), (0.92, 0.99, 0.87), (0.94, 0.99, 0.86), (0.97, 0.99, 0.85))
+    by_education = ablation.Rule("edu", 10, "education")
+    epochs, chosen = ablation.select(curve, by_education)
+    assert epochs == 3 and chosen["education"]["auc"] == 0.88  # 2 validations without improvement: stop
+    epochs, chosen = ablation.select(curve, ablation.Rule("mean", 10, "mean"))
+    assert epochs == 4 and chosen["income"]["auc"] == 0.97  # the mean still improves at the end
+    assert ablation.select(curve, ablation.Rule("mean, 2 epochs", 2, "mean"))[1]["income"]["auc"] == 0.92
+    assert ablation.select(curve, ablation.Rule("last", 3, None)) == (3, curve[2]["tasks"])
+
+
+def test_ablation_refuses_a_row_redefined_after_its_runs(runs, tmp_path):
+    ablation = importlib.import_module("census_ablation")
+    ledger, budget = runs.Ledger(tmp_path / "runs.jsonl"), runs.Budget()
+    spec = ablation.specs_of("emb_adam", 1)[0]
+    ledger.add({"key": spec.key, "budget": dataclasses.asdict(budget), "overrides": list(spec.overrides)})
+    ablation.check_definitions(ledger, ["emb_adam"], 3, budget)  # the same definition: fine
+    ledger.add({"key": spec.key, "budget": dataclasses.asdict(budget), "overrides": ["train.batch_size=64"]})
+    with pytest.raises(SystemExit, match="emb_adam"):
+        ablation.check_definitions(ledger, ["emb_adam"], 3, budget)
+
+
+@pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py", "census_ablation.py"])
 def test_scripts_parse_their_arguments(script):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -1,50 +1,104 @@
 """The `mtrec` command line (also `python -m pipeline`, which is what torchrun and TorchX run).
 
 Each sub-command parses its arguments here and hands them to one function in the module that owns
-the work; heavy imports happen only inside the chosen command.
+the work; heavy imports (torch) happen only inside the chosen command, after its config has been
+validated. `key=value` config overrides may stand anywhere after the sub-command. A user error (a
+bad config, override, dataset or output path) is one line on stderr and exit status 2 on every
+rank, never a traceback; Ctrl-C is one line and exit status 130.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-import warnings
+import time
 
-from pipeline.cli import compare, diagnose, evaluate, metrics, prepare, train
+from pipeline.cli import compare, diagnose, evaluate, init_config, metrics, prepare, train
+from pipeline.cli.logs import setup_logging
+from pipeline.cli.options import examples_epilog, is_override
+
+log = logging.getLogger("mtrec")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+EPILOG = examples_epilog(
+    "mtrec prepare census --out runs/data/census",
+    "mtrec train --config configs/census_adatt.yaml --data runs/data/census --out runs/adatt",
+    "mtrec evaluate --checkpoint runs/adatt --data runs/data/census/test --out runs/adatt/report_test",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtrec", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command in (prepare, train, evaluate, metrics, compare, diagnose):
+    parser = argparse.ArgumentParser(prog="mtrec", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="DEBUG logging from every library on the console (RUN/train.log always has it)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="`mtrec COMMAND --help` for its options")
+    for command in (prepare, init_config, train, evaluate, metrics, compare, diagnose):
         command.add_parser(sub)
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; `key=value` tokens anywhere after the sub-command are config overrides
+    (of the commands that read a config; elsewhere they are unrecognized arguments)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *(token for token in extra if is_override(token))]
+        extra = [token for token in extra if not is_override(token)]
+        extra += [token for token in args.overrides if not is_override(token)]
+    if extra:
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (nested) sub-command parser that `args` came from, for its usage line in errors."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return parser
+        parser = subs[0].choices[getattr(args, subs[0].dest)]
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        # Our own progress at INFO; torch/TorchRec/fbgemm only from WARNING (fbgemm logs every table
-        # batch's arguments on the root logger at INFO). Their per-rank warnings about their own
-        # internals (ShardedTensor deprecation, DDP on sharded modules, ...) are hidden too: -v shows all.
-        for name in ("pipeline", "models"):
-            logging.getLogger(name).setLevel(logging.INFO)
-        for category in (UserWarning, FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", category=category)
+    args = parse_args(argv)
+    setup_logging(args.verbose, int(os.environ.get("RANK", "0")))
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback wall
-        logging.getLogger("mtrec").debug("failed", exc_info=True)
-        print(f"mtrec {args.command}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except KeyboardInterrupt as e:  # the trainer says at which step and what a rerun resumes from
+        _exit(args, str(e) or "interrupted", EXIT_INTERRUPTED)
+    except (ValueError, OSError) as e:  # bad input: a clear message, no traceback wall
+        log.debug("failed", exc_info=True)
+        _exit(args, f"error: {e}", EXIT_USER_ERROR)
+
+
+def _exit(args: argparse.Namespace, message: str, status: int) -> None:
+    line = f"mtrec {args.command}: {message}"
+    print(line, file=sys.stderr)
+    _record_for_torchelastic(line)
+    raise SystemExit(status) from None
+
+
+def _record_for_torchelastic(message: str) -> None:
+    """Under torchrun, put the one-line message into the error file torchrun reads (the
+    TORCHELASTIC_ERROR_FILE of torch.distributed.elastic's @record), so its failure summary shows
+    this line as the root cause instead of a pointer to how to get a traceback."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                           "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+    except OSError:  # the summary then lacks the line; the rank's own stderr still has it
+        pass
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="per-task deltas of report B against report A (NE diff in %)")
-    p.add_argument("report_a")
-    p.add_argument("report_b")
+    p = sub.add_parser("compare", help="per-task deltas of report B against report A (NE diff in %%)")
+    p.add_argument("report_a", help="report directory (or its report.json) of the baseline")
+    p.add_argument("report_b", help="report directory (or its report.json) compared against it")
     p.set_defaults(func=run)
 
 

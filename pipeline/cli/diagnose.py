@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli.evaluate import add_checkpoint_args
+from pipeline.cli.options import add_overrides, output_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diagnose", help="average gate / fusion weights per level over a split, with heatmaps")
-    p.add_argument("--config", required=True)
-    p.add_argument("--checkpoint", required=True, help="run directory or one checkpoint directory")
-    p.add_argument("--data", required=True, help="Parquet glob or a dataset split directory")
-    p.add_argument("--out", required=True, help="output directory: gates.json, gates_level<l>.png")
+    add_checkpoint_args(p)
+    p.add_argument("--out", required=True, type=output_dir, help="output directory: gates.json, gates_level<l>.png")
     p.add_argument("--max-batches", type=int, default=None, help="cap the batches per rank (default: all)")
-    p.add_argument("overrides", nargs="*")
+    add_overrides(p)
     p.set_defaults(func=run)
 
 

@@ -9,8 +9,10 @@
   in the set of `--edu-def`, docs/MATH.md §9.2).
 - Features: every column except 4, 7 (label sources), 24 (instance weight, kept as the extra column
   `instance_weight`, neither a feature nor the sample weight) and 41. The 7 continuous columns are
-  min-max scaled with train statistics (valid/test clipped to [0, 1]); the 31 categorical columns
-  become scalar int64 ids, vocabulary = sorted distinct train values, id = 1 + position, 0 = unseen.
+  min-max scaled with train statistics (valid/test clipped to [0, 1]), or with `--preprocess
+  log1p_zscore` the 4 heavy-tailed money columns (mostly 0, up to 99,999) go through log1p and then all
+  7 are z-scored with train mean/std (docs/RESULTS.md, ablation); the 31 categorical columns become
+  scalar int64 ids, vocabulary = sorted distinct train values, id = 1 + position, 0 = unseen.
 """
 from __future__ import annotations
 
@@ -28,12 +30,17 @@ from pipeline.data.census_mmoeex import PREPROCESS as MMOEEX_PREPROCESS, MMoEExE
 from pipeline.data.census_raw import COLUMNS, RAW_FILES, numeric_column, raw_paths, read_raw, sha256
 from pipeline.data.schema import (DataError, DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
                                   existing_dataset)
+from pipeline.data.table.spec import DenseSpec
+from pipeline.data.table.transforms import DenseFitter, DenseStats, encode_dense
 
 log = logging.getLogger(__name__)
 
 CONTINUOUS = tuple(COLUMNS[i] for i in (0, 5, 16, 17, 18, 30, 39))
 NOT_FEATURES = ("education", "marital_status", "instance_weight", "income")  # columns 4, 7, 24, 41
 CATEGORICAL = tuple(c for c in COLUMNS if c not in CONTINUOUS and c not in NOT_FEATURES)
+MONEY = ("wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks")  # log1p'd by log1p_zscore
+# The continuous-column encodings of the mtrec features (the mmoeex ones bring their own features).
+DENSE_PREPROCESS = ("mtrec", "log1p_zscore")
 
 _BACHELORS_UP = ("Bachelors degree(BA AB BS)", "Masters degree(MA MS MEng MEd MSW MBA)",
                  "Prof school degree (MD DDS DVM LLB JD)", "Doctorate degree(PhD EdD)")
@@ -56,7 +63,8 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
                    preprocess: str = "mtrec", onehot_dim: int = 128) -> str:
     """Write the census dataset to `out` (atomically); returns a summary.
 
-    preprocess: "mtrec" (this module's features) or "mmoeex" / "mmoeex_aligned", the MMoEEx-MTL
+    preprocess: "mtrec" (this module's features, continuous min-max), "log1p_zscore" (the same with
+    continuous log1p (money columns) + z-score), or "mmoeex" / "mmoeex_aligned", the MMoEEx-MTL
     feature preparation as run / with its test-feature shift removed (pipeline/data/census_mmoeex.py),
     whose one multi-hot feature gets embeddings of `onehot_dim`.
     An existing complete `out` made with the same parameters and raw files is left as is; one made
@@ -65,13 +73,13 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
     """
     if edu_def not in EDUCATION_DEFS:
         raise ValueError(f"unknown edu_def {edu_def!r}; expected one of {sorted(EDUCATION_DEFS)}")
-    if preprocess not in ("mtrec", *MMOEEX_PREPROCESS):
-        raise ValueError(f"unknown preprocess {preprocess!r}; expected mtrec or one of {MMOEEX_PREPROCESS}")
+    if preprocess not in (*DENSE_PREPROCESS, *MMOEEX_PREPROCESS):
+        raise ValueError(f"unknown preprocess {preprocess!r}; expected one of {DENSE_PREPROCESS + MMOEEX_PREPROCESS}")
     raw = raw_paths(raw_dir)
     params = {"edu_def": edu_def, "seed": seed, "row_group_rows": row_group_rows,
               "raw_sha256": {p.name: sha256(p) for p in raw.values()}}
     if preprocess != "mtrec":  # only then: datasets made before the option keep their parameters
-        params.update(preprocess=preprocess, onehot_dim=onehot_dim)
+        params.update(preprocess=preprocess, **({"onehot_dim": onehot_dim} if preprocess in MMOEEX_PREPROCESS else {}))
     existing = existing_dataset(out, params, overwrite=overwrite)
     if existing is not None:
         return f"{out} is up to date (same parameters and raw files)\n{existing.summary()}"
@@ -84,8 +92,8 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
         "valid": (test, np.sort(permutation[:half]), data.num_rows),
         "test": (test, np.sort(permutation[half:]), data.num_rows),
     }
-    encoder = _Encoder.fit(data)
-    mmoeex = MMoEExEncoder(data, test, preprocess) if preprocess != "mtrec" else None
+    encoder = _Encoder.fit(data, log1p_zscore=preprocess == "log1p_zscore")
+    mmoeex = MMoEExEncoder(data, test, preprocess) if preprocess in MMOEEX_PREPROCESS else None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         splits = {}
         for split, (source, lines, row_id_offset) in sources.items():
@@ -125,28 +133,32 @@ def _with_features(table: pa.Table, features: dict[str, pa.Array]) -> pa.Table:
 
 
 class _Encoder:
-    """Train-split statistics: vocabularies of categorical columns, min/max of continuous ones."""
+    """Train-split statistics: vocabularies of categorical columns; per continuous column its
+    transform (the table importer's: min-max, or log1p (MONEY) + z-score) and fitted DenseStats."""
 
-    def __init__(self, vocab: dict[str, pa.Array], ranges: dict[str, tuple[float, float]]) -> None:
+    def __init__(self, vocab: dict[str, pa.Array], dense: dict[str, tuple[DenseSpec, DenseStats]],
+                 zscored: bool) -> None:
         self.vocab = vocab
-        self.ranges = ranges
+        self.dense = dense
+        self.zscored = zscored
 
     @classmethod
-    def fit(cls, train: pa.Table) -> "_Encoder":
+    def fit(cls, train: pa.Table, log1p_zscore: bool = False) -> "_Encoder":
         vocab = {c: pa.array(sorted(pc.unique(train[c]).to_pylist()), pa.string()) for c in CATEGORICAL}
-        ranges = {}
+        dense = {}
         for c in CONTINUOUS:
-            values = numeric_column(train, c)
-            ranges[c] = (float(values.min()), float(values.max()))
-        return cls(vocab, ranges)
+            steps = (("log1p", "zscore") if c in MONEY else ("zscore",)) if log1p_zscore else ("minmax",)
+            spec = DenseSpec(name=c, fill="error", transform=steps)
+            fitter = DenseFitter(spec)
+            fitter.update(numeric_column(train, c))
+            dense[c] = spec, fitter.finish(c)
+        return cls(vocab, dense, log1p_zscore)
 
     def encode(self, raw: pa.Table, row_ids: np.ndarray, education_positive: tuple[str, ...]) -> pa.Table:
         """Feature, label and key columns of `raw` rows (the output column order of the dataset)."""
         columns = {"row_id": pa.array(row_ids.astype(np.int64))}
         for c in CONTINUOUS:
-            low, high = self.ranges[c]
-            scaled = (numeric_column(raw, c) - low) / (high - low) if high > low else np.zeros(raw.num_rows)
-            columns[c] = pa.array(np.clip(scaled, 0.0, 1.0).astype(np.float32))
+            columns[c] = pa.array(encode_dense(*self.dense[c], numeric_column(raw, c)))
         for c in CATEGORICAL:
             position = pc.index_in(raw[c], value_set=self.vocab[c])  # null where unseen in train
             columns[c] = pc.add(pc.fill_null(position, -1).cast(pa.int64()), 1)
@@ -162,7 +174,7 @@ class _Encoder:
 
 
 def _provenance(params: dict, encoder: _Encoder, data_rows: int, test_rows: int, half: int) -> dict:
-    return {
+    prep = {
         "params": params,
         "source": "UCI Census-Income (KDD); raw files and licence note in data/census-income-kdd/SOURCE.md",
         "education_positive": list(EDUCATION_DEFS[params["edu_def"]]),
@@ -173,7 +185,14 @@ def _provenance(params: dict, encoder: _Encoder, data_rows: int, test_rows: int,
         ),
         "normalisation": "continuous: min-max with train-split min/max (dense_ranges), clipped to [0, 1]; "
                          "categorical: id = 1 + index in the sorted train vocabulary, 0 = unseen in train",
-        "dense_ranges": {c: list(r) for c, r in encoder.ranges.items()},
+        "dense_ranges": {c: [stats.min, stats.max] for c, (_, stats) in encoder.dense.items()},
         "instance_weight": "column 24, kept as `instance_weight`; not a feature and not the sample weight "
                            "(set `weight: instance_weight` to use it as one)",
     }
+    if encoder.zscored:
+        prep.pop("dense_ranges")
+        prep["normalisation"] = (f"continuous: log1p of {list(MONEY)}, then (x - mean) / std with train-split "
+                                 "mean/std (dense_moments, after log1p), not clipped; " +
+                                 prep["normalisation"].split("; ", 1)[1])
+        prep["dense_moments"] = {c: [stats.mean, stats.std] for c, (_, stats) in encoder.dense.items()}
+    return prep

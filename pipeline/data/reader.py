@@ -20,10 +20,11 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -50,7 +51,7 @@ class ParquetBatchStream(IterableDataset):
     def __init__(self, schema: DatasetSchema, paths: Iterable[str], batch_size: int, *, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0, shuffle_buffer_rows: int = 65536, read_ahead: int = 2, drop_last: bool = False,
-                 with_keys: bool = True) -> None:
+                 with_keys: bool = True, exclude_keys: Optional[np.ndarray] = None) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0 or read_ahead < 1 or shuffle_buffer_rows < 1:
             raise ValueError(f"bad stream settings batch_size={batch_size} num_workers={num_workers} "
@@ -63,13 +64,27 @@ class ParquetBatchStream(IterableDataset):
         self.shuffle_buffer_rows = shuffle_buffer_rows
         self.read_ahead = read_ahead
         self.drop_last = drop_last
-        self.with_keys = with_keys
+        # exclude_keys: rows (by the schema's key column) this epoch already trained on under another
+        # world size (pipeline/train/data_position.py); the stream reads the rest of the epoch.
+        self.exclude = None if exclude_keys is None else pa.array(np.asarray(exclude_keys, dtype=np.int64))
+        self.with_keys = with_keys or self.exclude is not None
+        with_keys = self.with_keys
         self.units = list_units(paths)
         for path in dict.fromkeys(u.path for u in self.units):  # fail early, in the main process
             check_file_columns(schema, pq.read_schema(path), path, with_keys)
         self.converter = ArrowBatchConverter(schema, with_keys)
         self.columns = schema.columns(with_keys)
         self.stats = ReadStats()
+        self._excluded_rows = self._count_excluded() if self.exclude is not None else {}
+
+    def _count_excluded(self) -> dict[WorkUnit, int]:
+        """Excluded rows per unit (reads the key column only), so num_batches() stays exact."""
+        counts = {}
+        for unit in self.units:
+            with pq.ParquetFile(unit.path) as file:
+                keys = file.read_row_group(unit.row_group, columns=[self.schema.key], use_threads=False)
+            counts[unit] = int(pc.sum(pc.is_in(keys[self.schema.key], value_set=self.exclude)).as_py() or 0)
+        return counts
 
     def worker_units(self, worker_id: int) -> list[WorkUnit]:
         """The units worker `worker_id` of this rank reads this epoch, in order."""
@@ -80,7 +95,7 @@ class ParquetBatchStream(IterableDataset):
         """Exact number of batches this rank yields this epoch over all its workers (footers only)."""
         total = 0
         for worker_id in range(max(1, self.num_workers)):
-            rows = sum(u.num_rows for u in self.worker_units(worker_id))
+            rows = sum(u.num_rows - self._excluded_rows.get(u, 0) for u in self.worker_units(worker_id))
             total += rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
         return total
 
@@ -93,9 +108,15 @@ class ParquetBatchStream(IterableDataset):
             chunks = _shuffled(chunks, self.shuffle_buffer_rows, rng)
         self.stats = ReadStats()
         in_worker = get_worker_info() is not None
-        for table in _rebatch(chunks, self.batch_size, self.drop_last):
-            batch = self.converter.convert(table, self.stats)
-            yield _PackedBatch.pack(batch) if in_worker else batch
+        try:
+            for table in _rebatch(chunks, self.batch_size, self.drop_last):
+                batch = self.converter.convert(table, self.stats)
+                yield _PackedBatch.pack(batch) if in_worker else batch
+        except DataError as e:
+            if not in_worker:
+                raise
+            yield _WorkerDataError(str(e))  # raised again, as is, by the main process (_BatchLoader)
+            return
         log.info("data rank %d worker %d/%d epoch %d: %s", self.rank, worker_id, max(1, self.num_workers),
                  self.epoch, self.stats.summary())
 
@@ -119,6 +140,8 @@ class ParquetBatchStream(IterableDataset):
             for batch in _read_row_group(unit, self.columns, read_rows):
                 self.converter.validate(batch, unit.path, unit.row_group, first_row=rows_read)
                 rows_read += batch.num_rows
+                if self.exclude is not None:
+                    batch = batch.filter(pc.invert(pc.is_in(batch[self.schema.key], value_set=self.exclude)))
                 yield pa.Table.from_batches([batch])
             if rows_read != unit.num_rows:
                 raise DataError(f"{unit.path}: row group {unit.row_group}: read {rows_read} rows, "
@@ -234,11 +257,27 @@ class _PackedBatch:
                               weights=t["weights"], keys=t.get("keys"))
 
 
+@dataclass
+class _WorkerDataError:
+    """A DataError found in a DataLoader worker, sent as an item. Raised in the worker, it would
+    reach the main process re-created around the worker's whole traceback (~20 lines of message);
+    sent as data, the main process raises the same one-line DataError the reader raises in-process."""
+
+    message: str
+
+
 class _BatchLoader(DataLoader):
     """A DataLoader that hands out MultiTaskBatch, unpacking what workers sent as _PackedBatch."""
 
     def __iter__(self) -> Iterator[MultiTaskBatch]:
-        return (b.unpack() if isinstance(b, _PackedBatch) else b for b in super().__iter__())
+        return _unpacked(super().__iter__())
+
+
+def _unpacked(items: Iterator) -> Iterator[MultiTaskBatch]:
+    for item in items:
+        if isinstance(item, _WorkerDataError):
+            raise DataError(item.message)
+        yield item.unpack() if isinstance(item, _PackedBatch) else item
 
 
 def make_loader(stream: ParquetBatchStream, num_workers: int) -> DataLoader:

@@ -164,12 +164,16 @@ class DatasetSchema:
             raise ConfigError(f"{file}: {e}") from None
         return replace(schema, root=str(Path(dataset_dir)))
 
-    def save(self, dataset_dir: str | os.PathLike) -> None:
-        """Write schema.yaml into `dataset_dir` atomically (without `root`)."""
+    def to_yaml(self) -> str:
+        """The text of schema.yaml (without `root`)."""
         data = to_dict(replace(self, root=None))
         del data["root"]
         header = "# mtrec dataset schema; every key is described in docs/DATA.md\n"
-        atomic_write_text(Path(dataset_dir) / SCHEMA_FILE, header + yaml.safe_dump(data, sort_keys=False))
+        return header + yaml.safe_dump(data, sort_keys=False)
+
+    def save(self, dataset_dir: str | os.PathLike) -> None:
+        """Write schema.yaml into `dataset_dir` atomically."""
+        atomic_write_text(Path(dataset_dir) / SCHEMA_FILE, self.to_yaml())
 
     # -- what the trainer and the evaluator call ------------------------------------------------------
     def split_paths(self, split: str) -> list[str]:

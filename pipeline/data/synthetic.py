@@ -154,7 +154,7 @@ def raw_ids(ranks: np.ndarray, feature: int) -> np.ndarray:
     return (splitmix64(ranks + (feature << 40)) >> np.uint64(1)).astype(np.int64)
 
 
-def _unit_uniform(hashes: np.ndarray) -> np.ndarray:
+def unit_uniform(hashes: np.ndarray) -> np.ndarray:
     """uint64 hashes -> U(-sqrt3, sqrt3) (mean 0, variance 1) from their top 53 bits."""
     return (hashes >> np.uint64(11)) * (2.0 * _SQRT3 / 2.0**53) - _SQRT3
 
@@ -166,7 +166,7 @@ def _sparse_term(spec: SyntheticSpec, geo: Geometry, lengths: list[np.ndarray], 
     term = np.zeros((rows, spec.tasks))
     for f, (lens, fids) in enumerate(zip(lengths, ids)):
         row_of_id = np.repeat(np.arange(rows), lens)
-        z = [_unit_uniform(splitmix64(fids.astype(np.uint64) ^ geo.salts[f, k])) for k in range(spec.tasks)]
+        z = [unit_uniform(splitmix64(fids.astype(np.uint64) ^ geo.salts[f, k])) for k in range(spec.tasks)]
         e = [z[0]] + [p * z[0] + math.sqrt(1.0 - p * p) * z[t] for t in range(1, spec.tasks)]
         count = np.maximum(lens, 1)
         for t in range(spec.tasks):
@@ -262,16 +262,42 @@ class SyntheticGenerator:
         }
 
 
-def _split_parts(spec: SyntheticSpec, table: pa.Table, first_row: int) -> list[tuple[str, pa.Table]]:
-    """The non-empty pieces of a chunk (global rows first_row..) that fall into each split."""
-    parts, split_start = [], 0
-    for split, rows in spec.split_rows.items():
-        lo = max(split_start, first_row) - first_row
-        hi = min(split_start + rows, first_row + table.num_rows) - first_row
-        if hi > lo:
-            parts.append((split, table.slice(lo, hi - lo)))
-        split_start += rows
-    return parts
+class SplitSink:
+    """Writes consecutive chunks of a generated log (global rows 0..rows-1) into train, then valid,
+    then test, each through its own SplitWriter; the row counts per split are fixed in advance."""
+
+    def __init__(self, dataset_dir: str | os.PathLike, split_rows: dict[str, int], **writer_options) -> None:
+        self.dataset_dir, self.split_rows, self.writer_options = dataset_dir, split_rows, writer_options
+        self.splits: dict[str, SplitInfo] = {}
+        self._writer: Optional[SplitWriter] = None
+
+    def slices(self, first_row: int, rows: int) -> list[tuple[str, int, int]]:
+        """(split, lo, hi) of the non-empty pieces of chunk rows first_row.. (lo/hi chunk-relative)."""
+        parts, split_start = [], 0
+        for split, split_rows in self.split_rows.items():
+            lo = max(split_start, first_row) - first_row
+            hi = min(split_start + split_rows, first_row + rows) - first_row
+            if hi > lo:
+                parts.append((split, lo, hi))
+            split_start += split_rows
+        return parts
+
+    def write(self, table: pa.Table, first_row: int) -> list[tuple[str, int, int]]:
+        """Write `table` (global rows first_row..); returns the pieces written (see `slices`)."""
+        parts = self.slices(first_row, table.num_rows)
+        for split, lo, hi in parts:
+            if self._writer is None or split != self._writer.split:  # splits are contiguous: the previous one is done
+                if self._writer is not None:
+                    self.splits[self._writer.split] = self._writer.close()
+                self._writer = SplitWriter(self.dataset_dir, split, table.schema, **self.writer_options)
+            self._writer.write(table.slice(lo, hi - lo))
+        return parts
+
+    def close(self) -> dict[str, SplitInfo]:
+        if self._writer is not None:
+            self.splits[self._writer.split] = self._writer.close()
+            self._writer = None
+        return self.splits
 
 
 def prepare_synthetic(spec: SyntheticSpec, out: str | os.PathLike, overwrite: bool = False) -> str:
@@ -286,22 +312,14 @@ def prepare_synthetic(spec: SyntheticSpec, out: str | os.PathLike, overwrite: bo
         return f"{out} is up to date (same spec)\n{existing.summary()}"
     generator = SyntheticGenerator(spec)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        splits: dict[str, SplitInfo] = {}
-        writer: Optional[SplitWriter] = None
+        sink = SplitSink(tmp, spec.split_rows, row_group_rows=spec.row_group_rows,
+                         file_rows=spec.row_group_rows * spec.row_groups_per_file, tasks=task_columns(spec),
+                         byte_stream_split=("x",))
         with tqdm(total=spec.rows, unit="rows", desc="synthetic", disable=None) as progress:
             for j in range(spec.num_chunks):
                 table = generator.table(j)
-                for split, part in _split_parts(spec, table, first_row=j * spec.chunk_rows):
-                    if writer is None or split != writer.split:  # splits are contiguous: the previous one is done
-                        if writer is not None:
-                            splits[writer.split] = writer.close()
-                        writer = SplitWriter(
-                            tmp, split, table.schema, row_group_rows=spec.row_group_rows,
-                            file_rows=spec.row_group_rows * spec.row_groups_per_file, tasks=task_columns(spec),
-                            byte_stream_split=("x",))
-                    writer.write(part)
+                sink.write(table, first_row=j * spec.chunk_rows)
                 progress.update(table.num_rows)
-        splits[writer.split] = writer.close()
-        _schema(spec, splits, generator.provenance()).save(tmp)
+        _schema(spec, sink.close(), generator.provenance()).save(tmp)
     log.info("synthetic dataset written to %s", out)
     return DatasetSchema.load(out).summary()

@@ -7,6 +7,7 @@ and worker count (docs/STACK.md §6).
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -44,15 +45,39 @@ def read_footer(path: str) -> pq.FileMetaData:
         raise DataError(f"{path}: truncated or not a Parquet file ({size} bytes): {e}") from None
 
 
+MANIFEST = "manifest.json"  # written by `mtrec evaluate --write-predictions` (pipeline/eval/predictions.py)
+
+
 def expand_parquet(pattern: str, flag: str) -> list[str]:
-    """Sorted Parquet files of a glob (recursive `**` allowed) or of a directory (all *.parquet below).
-    `flag` names the command-line option in the error when nothing matches."""
+    """Sorted Parquet files of a glob (recursive `**` allowed) or of a directory: the files its
+    manifest.json lists when it has one, else all *.parquet below it. `flag` names the command-line
+    option in the error when nothing matches."""
+    if os.path.isdir(pattern) and os.path.isfile(os.path.join(pattern, MANIFEST)):
+        return manifest_files(pattern)
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "**", "*.parquet")
     paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     if not paths:
         raise FileNotFoundError(f"{flag} {pattern!r}: no files match")
     return paths
+
+
+def manifest_files(directory: str) -> list[str]:
+    """The files a manifest lists, each checked against its footer's row count."""
+    manifest_path = os.path.join(directory, MANIFEST)
+    try:
+        with open(manifest_path) as f:
+            entries = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{manifest_path}: unreadable manifest ({type(e).__name__}: {e})") from None
+    paths = []
+    for entry in entries:
+        path = os.path.join(directory, entry["file"])
+        rows = read_footer(path).num_rows
+        if rows != entry["rows"]:
+            raise DataError(f"{path}: {rows} rows, {manifest_path} records {entry['rows']}")
+        paths.append(path)
+    return sorted(paths)
 
 
 def list_units(paths: Iterable[str]) -> list[WorkUnit]:

@@ -176,13 +176,13 @@ def write_diagnostics(out: Path, report: dict[str, Any]) -> None:
 
 def diagnose_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Entry point of `mtrec diagnose`; returns the gates report on rank 0 (None elsewhere)."""
-    with inference_job(args.config, args.overrides, args.checkpoint, args.data) as job:
+    with inference_job(args) as job:
         cfg, inputs, ctx = job.cfg, job.inputs, job.ctx
         inner: MultiTaskModel = job.model.module  # DMP's `module` unwraps DMP/DDP to the sharded model
         batches, steps = eval_batches(job.schema, job.paths, ctx, batch_size=cfg.eval.batch_size,
                                       num_workers=cfg.data.num_workers, with_keys=True, max_steps=args.max_batches)
         acc = accumulate_gates(inner, batches, padding_batch(job.schema), ctx)
-        report: dict[str, Any] = {"checkpoint": str(job.checkpoint), "step": job.meta["step"], "data": args.data,
+        report: dict[str, Any] = {**job.provenance(), "data": args.data,
                                   "backbone": cfg.model.backbone.type, "tasks": inputs.task_names,
                                   "rows": int(acc.rows), "batches": steps, "world_size": ctx.world_size,
                                   "levels": []}

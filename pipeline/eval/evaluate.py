@@ -3,8 +3,10 @@ metrics, under any world size the planner can serve.
 
 The checkpoint's model is re-sharded by DCP onto this job's plan, so a model trained on 2 ranks
 evaluates on 1 or 4. Metric states are sums merged by all-reduce: the report is identical for any
-world size and file order (docs/METRICS.md). Rank 0 writes the report; each rank writes its own
-predictions file when asked.
+world size and file order (docs/METRICS.md). Rank 0 writes the report; with --write-predictions
+each rank writes its own file into a new predictions directory that replaces OUT/predictions
+whole, with a manifest (pipeline/eval/predictions.py). Without --config, the config stored with
+the checkpoint is used; a --config whose model differs from it is refused.
 """
 from __future__ import annotations
 
@@ -19,27 +21,61 @@ from torchrec.distributed import DistributedModelParallel
 
 from models.factory import build_model
 from models.inputs import InputSpec
+from models.typed_config import ConfigError, to_dict
 from pipeline.config import JobConfig, load_job_config
-from pipeline.data.schema import DatasetSchema
+from pipeline.data.schema import SCHEMA_FILE, DatasetSchema
 from pipeline.data.units import expand_parquet
 from pipeline.runtime.inference import eval_batches, run_inference
-from pipeline.metrics.metric_state import MultiTaskMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
 from pipeline.eval.predictions import prediction_writer
 from pipeline.eval.report import write_report
-from pipeline.runtime.checkpoint import load_checkpoint, resolve_checkpoint
+from pipeline.runtime.checkpoint import (BEST, CONFIG_FILE, CheckpointError, load_checkpoint, resolve_checkpoint,
+                                         run_dir_of)
 from pipeline.runtime.distributed import DistContext, init_distributed, shutdown_distributed
 from pipeline.runtime.sharding import plan_sharding, wrap_model
 
 log = logging.getLogger(__name__)
 
 
-def schema_for(data_paths: list[str], run_dir: Path) -> DatasetSchema:
-    """The dataset's schema.yaml when the files sit in a prepared dataset's split directory,
-    else the copy the trainer saved into the run directory."""
+def schema_for(data_paths: list[str], checkpoint: Path) -> DatasetSchema:
+    """The dataset's schema.yaml when the files sit in a prepared dataset's split directory, else
+    the one stored with the checkpoint (the training dataset's contract)."""
     dataset_dir = Path(data_paths[0]).parent.parent
-    if (dataset_dir / "schema.yaml").is_file():
+    if (dataset_dir / SCHEMA_FILE).is_file():
         return DatasetSchema.load(dataset_dir)
-    return DatasetSchema.load(run_dir)
+    stored = checkpoint if (checkpoint / SCHEMA_FILE).is_file() else run_dir_of(checkpoint)
+    return DatasetSchema.load(stored)
+
+
+def checkpoint_config(checkpoint: Path, config: Optional[str], overrides: list[str]) -> JobConfig:
+    """The job config a checkpoint was trained with (stored with it, else the run's config.yaml), with
+    `overrides`. A `config` given by the user may change everything but the model: a model that
+    differs is refused, naming the differing keys."""
+    stored_path = checkpoint / CONFIG_FILE
+    if not stored_path.is_file():
+        stored_path = run_dir_of(checkpoint) / CONFIG_FILE
+    if not stored_path.is_file():
+        if config is None:
+            raise CheckpointError(f"{checkpoint}: no {CONFIG_FILE} stored with it or its run; pass --config")
+        return load_job_config(config, overrides)
+    stored = load_job_config(stored_path, overrides)
+    if config is None:
+        return stored
+    given = load_job_config(config, overrides)
+    differing = differing_keys(to_dict(stored.model), to_dict(given.model), "model")
+    if differing:
+        raise ConfigError(f"--config {config}: its model differs from the checkpoint's ({stored_path}) at "
+                          f"{', '.join(differing[:8])}{' ...' if len(differing) > 8 else ''}; omit --config to "
+                          "use the checkpoint's")
+    return given
+
+
+def differing_keys(a: Any, b: Any, path: str) -> list[str]:
+    """Key paths where two config dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in differing_keys(a.get(key), b.get(key), f"{path}.{key}")]
+    return [] if a == b else [path]
 
 
 @dataclass(frozen=True)
@@ -58,21 +94,30 @@ class InferenceJob:
     def inputs(self) -> InputSpec:
         return self.schema.input_spec()
 
+    def provenance(self) -> dict[str, Any]:
+        """What a report says about the model it scored: checkpoint, step, its validation metric."""
+        return {"checkpoint": str(self.checkpoint), "step": self.meta["step"],
+                "best": self.checkpoint.name == BEST, "trained_world_size": self.meta["world_size"],
+                "validation_metric": self.meta.get("watched")}
+
 
 @contextlib.contextmanager
-def inference_job(config: str, overrides: list[str], checkpoint: str, data: str) -> Iterator[InferenceJob]:
+def inference_job(args: argparse.Namespace) -> Iterator[InferenceJob]:
     """Config, data and process group, then the checkpoint's model sharded by the planner for this
-    job's world size (DCP re-shards it); the process group is shut down on exit."""
-    cfg = load_job_config(config, overrides)
-    ckpt = resolve_checkpoint(checkpoint)
-    paths = expand_parquet(data, "--data")
-    schema = schema_for(paths, ckpt.parents[1])
+    job's world size and plan (DCP re-shards it); the process group is shut down on exit.
+    `args`: checkpoint, which, config (optional), overrides, data."""
+    ckpt = resolve_checkpoint(args.checkpoint, args.which)
+    cfg = checkpoint_config(ckpt, args.config, args.overrides)
+    paths = expand_parquet(args.data, "--data")
+    schema = schema_for(paths, ckpt)
     inputs = schema.input_spec()
     ctx = init_distributed()
     try:
         model = build_model(cfg.model, inputs, ebc_device="meta")
         dmp = wrap_model(model, plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size), ctx)
         meta = load_checkpoint(ckpt, dmp, None, ctx)
+        log.info("scoring %s checkpoint %s (step %d, trained on %d rank(s)) on %d rank(s)",
+                 "the best" if ckpt.name == BEST else "the", ckpt, meta["step"], meta["world_size"], ctx.world_size)
         yield InferenceJob(cfg, ckpt, meta, paths, schema, ctx, dmp)
     finally:
         shutdown_distributed()
@@ -80,15 +125,15 @@ def inference_job(config: str, overrides: list[str], checkpoint: str, data: str)
 
 def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Entry point of `mtrec evaluate`; returns the report on rank 0 (None elsewhere)."""
-    with inference_job(args.config, args.overrides, args.checkpoint, args.data) as job:
+    with inference_job(args) as job:
         cfg, schema, ctx, inputs = job.cfg, job.schema, job.ctx, job.inputs
         batches, _ = eval_batches(schema, job.paths, ctx, batch_size=cfg.eval.batch_size,
                                   num_workers=cfg.data.num_workers, with_keys=True)
         train_rates = schema.splits["train"].positive_rates if "train" in schema.splits else {}
         metrics = MultiTaskMetrics(inputs.tasks, auc_mode=args.auc_mode, baseline_rates=train_rates)
         out = Path(args.out)
-        with (prediction_writer(out, ctx.rank, inputs.task_names) if args.write_predictions
-              else contextlib.nullcontext()) as writer:
+        with (prediction_writer(out, ctx, inputs.task_names, job.provenance() | {"data": args.data})
+              if args.write_predictions else contextlib.nullcontext()) as writer:
             def consume(outputs: dict) -> None:
                 metrics.update(outputs["predictions"], outputs["labels"], outputs["masks"], outputs["weights"])
                 if writer is not None:
@@ -96,8 +141,8 @@ def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
 
             run_inference(job.model, batches, ctx, consume)
         metrics.all_reduce_()
-        report = {**metrics.compute(), "checkpoint": str(job.checkpoint), "step": job.meta["step"],
-                  "data": args.data, "files": len(job.paths), "world_size": ctx.world_size}
+        report = {**metrics.compute(), **job.provenance(), "data": args.data, "files": len(job.paths),
+                  "world_size": ctx.world_size}
         if ctx.is_main:
             write_report(out, report, metrics.histograms(), metrics.mantissa_bits)
             log.info("report written to %s", out)

@@ -1,6 +1,8 @@
 """`mtrec metrics`: per-task metrics over existing Parquet prediction logs, streamed, on any world size.
 
-Columns per task: `<task>_label`, `<task>_pred`, optional `<task>_mask`; optional weight column.
+Columns per task: `<task>_label`, `<task>_pred`, optional `<task>_mask`; optional weight column
+(--weight-column; without it, a column named "weight" when the files have one, else every row
+weighs 1). A column named by --weight-column, --user-column or --segment-by must exist.
 Row groups are read with column projection in batches of --batch-rows, so memory is
 O(batch + tasks × bins), independent of the log's length. Under torchrun every rank reads a
 contiguous, row-balanced share of the row groups (each exactly once; whole files with
@@ -11,6 +13,9 @@ Bad-input policy (docs/METRICS.md): a missing or non-numeric column, a file that
 and bad values in rows that count (NaN/null or out-of-range predictions and labels, masks not 0/1,
 negative or null weights) are errors naming the file, row group and column. Files with zero rows
 are skipped and counted (`inputs.empty_files`); no rows at all is an error.
+
+Start-up: a 1-process job imports neither torch nor matplotlib (only pyarrow and numpy); torch's
+process group is joined only under WORLD_SIZE > 1, matplotlib only when plots are written.
 """
 from __future__ import annotations
 
@@ -31,11 +36,17 @@ from tqdm import tqdm
 from models.inputs import Task
 from pipeline.data.schema import DataError
 from pipeline.data.units import WorkUnit, assign_units, expand_parquet, list_units, read_footer
-from pipeline.metrics.metric_state import (AucMode, GroupedAucMetrics, MetricInputError, MultiTaskMetrics,
-                                        SegmentedMetrics, all_reduce_arrays_)
 from pipeline.eval.report import write_report
+from pipeline.metrics.grouped import GroupedAucMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
+from pipeline.metrics.numerics import MetricInputError
+from pipeline.metrics.segmented import SegmentedMetrics
+from pipeline.metrics.task_state import AucMode
+from pipeline.runtime.collectives import all_reduce_arrays_, initialised_dist
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHT_COLUMN = "weight"  # used when present and no weight column is named [project]
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,7 @@ class MetricsJob:
     tasks: tuple[Task, ...]
     out: str
     auc_mode: AucMode = "bounded"
-    weight_column: str = "weight"
+    weight_column: str | None = None  # None: DEFAULT_WEIGHT_COLUMN when the files have it, else weight 1
     segment_by: str | None = None
     user_column: str | None = None
     baseline_rates: dict[str, float] = field(default_factory=dict)
@@ -147,11 +158,14 @@ def inspect_columns(paths: list[str], job: MetricsJob) -> ColumnLayout:
     for column in (job.segment_by, job.user_column):
         if column:
             require(column, numeric=False)
+    if job.weight_column:  # named explicitly: must exist
+        require(job.weight_column, numeric=True)
     layout = ColumnLayout(labels=tuple(f"{n}_label" for n in tasks), preds=tuple(f"{n}_pred" for n in tasks),
-                          masks=tuple(optional(f"{n}_mask") for n in tasks), weight=optional(job.weight_column),
+                          masks=tuple(optional(f"{n}_mask") for n in tasks),
+                          weight=job.weight_column or optional(DEFAULT_WEIGHT_COLUMN),
                           segment=job.segment_by, user=job.user_column)
     if layout.weight is None:
-        log.info("no %r column: every row has weight 1", job.weight_column)
+        log.info("no %r column and no --weight-column: every row has weight 1", DEFAULT_WEIGHT_COLUMN)
     return layout
 
 
@@ -164,10 +178,9 @@ def _as_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _matrix(batch: pa.RecordBatch, columns: tuple[str | None, ...]) -> np.ndarray:
     """[B, T] float64, column-major; a None column is all ones (a task without mask column)."""
-    out = np.ones((batch.num_rows, len(columns)), dtype=np.float64, order="F")
+    out = np.empty((batch.num_rows, len(columns)), dtype=np.float64, order="F")
     for t, name in enumerate(columns):
-        if name is not None:
-            out[:, t] = _as_float(batch.column(name))
+        out[:, t] = 1.0 if name is None else _as_float(batch.column(name))
     return out
 
 
@@ -260,16 +273,19 @@ def _stream(units: list[WorkUnit], layout: ColumnLayout, job: MetricsJob, acc: A
 
 
 def _world() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call created the process group).
+    """(rank, world size, whether this call joined the process group).
 
-    gloo even on CUDA hosts: the metric states live on the CPU [project]."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    The caller's process group when there is one; under torchrun (WORLD_SIZE > 1) the shared
+    set-up, with gloo even on CUDA hosts (the metric states live on the CPU) [project]; else one
+    process without a group, so that torch is never imported."""
+    dist = initialised_dist()
+    if dist is not None:
         return dist.get_rank(), dist.get_world_size(), False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend="gloo")
-        return dist.get_rank(), dist.get_world_size(), True
+        from pipeline.runtime.distributed import init_distributed  # imports torch: only for several ranks
+
+        ctx = init_distributed(backend="gloo")
+        return ctx.rank, ctx.world_size, True
     return 0, 1, False
 
 
@@ -320,6 +336,6 @@ def run_metrics(job: MetricsJob) -> dict[str, Any] | None:
         return report
     finally:
         if created_group:
-            import torch.distributed as dist
+            from pipeline.runtime.distributed import shutdown_distributed
 
-            dist.destroy_process_group()
+            shutdown_distributed()

@@ -15,9 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.runtime.atomic import atomic_write_text
 from pipeline.metrics.auc import DEFAULT_MANTISSA_BITS
-from pipeline.eval.plots import write_task_plots
+from pipeline.runtime.atomic import atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -41,6 +40,8 @@ def write_report(report_dir: str | os.PathLike, report: Mapping[str, Any],
         os.replace(final_json, out / PREVIOUS_JSON)
     full = dict(report)
     if histograms:
+        from pipeline.eval.plots import write_task_plots  # matplotlib: imported only when plots are written
+
         full["plots"] = {task: {kind: f"{PLOT_DIR}/{name}" for kind, name in files.items()}
                          for task, files in write_task_plots(out / PLOT_DIR, histograms, mantissa_bits).items()}
     text = json.dumps(full, indent=2, allow_nan=False) + "\n"  # fail before anything claims completeness

@@ -88,13 +88,13 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())  # mkdtemp creates 0700
-        _swap_in(tmp, final)
+        swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
+def swap_in(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`, moving an existing `final` aside first and restoring it on failure."""
     if not final.exists():
         os.replace(tmp, final)

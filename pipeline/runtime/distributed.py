@@ -11,6 +11,7 @@ import os
 import random
 import socket
 from dataclasses import dataclass
+from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -38,10 +39,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> DistContext:
-    """Join (or create) the default process group and pick the device for this rank."""
-    use_cuda = torch.cuda.is_available()
-    backend = "nccl" if use_cuda else "gloo"
+def init_distributed(backend: str | None = None) -> DistContext:
+    """Join (or create) the default process group and pick the device for this rank.
+
+    backend: None picks NCCL on CUDA hosts, else gloo; "gloo" keeps the job on the CPU even on a
+    CUDA host (`mtrec metrics`, whose states are numpy)."""
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    use_cuda = backend == "nccl"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -107,3 +111,12 @@ def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's JSON-able `obj`, in rank order, on every rank."""
+    if ctx.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

@@ -4,10 +4,11 @@ rest, one CombinedOptimizer over both, an LR schedule that drives both, and dens
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torchrec.distributed import DistributedModelParallel
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -68,31 +69,39 @@ def materialize_dense_state(optimizer: CombinedOptimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-class LRSchedule:
-    """Sets every param group's LR (dense and fused) to base_lr × factor(step).
+def lr_factor(cfg: LRScheduleConfig, total_steps: int) -> Callable[[int], float]:
+    """The LR multiplier of training step `step` (0-based): linear warm-up over `warmup_steps`,
+    then 1 (constant) or a cosine from 1 down to `min_factor` at `total_steps`."""
+    total = max(total_steps, 1)
 
-    Stateless apart from the step, which the checkpoint stores, so resuming needs no extra state.
-    The fused embedding kernels read `param_groups[0]["lr"]` at each zero_grad/step.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: LRScheduleConfig, total_steps: int) -> None:
-        self._groups = list(optimizer.param_groups)
-        self._base = [g["lr"] for g in self._groups]
-        self._cfg = cfg
-        self._total = max(total_steps, 1)
-
-    def factor(self, step: int) -> float:
-        warmup = self._cfg.warmup_steps
+    def factor(step: int) -> float:
+        warmup = cfg.warmup_steps
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if self._cfg.name == "constant":
+        if cfg.name == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, self._total - warmup))
-        floor = self._cfg.min_factor
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return cfg.min_factor + (1 - cfg.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def apply(self, step: int) -> float:
-        f = self.factor(step)
-        for group, base in zip(self._groups, self._base):
-            group["lr"] = base * f
-        return f
+    return factor
+
+
+class LRSchedule(LambdaLR):
+    """torch's LambdaLR with `lr_factor`, over every param group of the combined optimiser: the
+    dense one and the fused embedding one (its kernels read `param_groups[i]["lr"]` at each step).
+
+    Its position is the training step: built at `step`, the LR is base × factor(step), and `.step()`
+    after each training step moves it on. A checkpoint stores the step and not this object, so a
+    resumed run builds it at the checkpoint's step; the base LRs always come from the config.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: LRScheduleConfig, total_steps: int,
+                 step: int = 0) -> None:
+        for group in optimizer.param_groups:  # LambdaLR records this itself only when starting at 0
+            group.setdefault("initial_lr", group["lr"])
+        super().__init__(optimizer, lr_factor(cfg, total_steps), last_epoch=step - 1)
+
+    @property
+    def factor(self) -> float:
+        """The multiplier of the step about to run."""
+        return self.lr_lambdas[0](self.last_epoch)

@@ -1,13 +1,17 @@
-"""What a person watching a run sees besides the progress bar: a JSON-lines metrics log
-(RUN/metrics.jsonl) and TensorBoard scalars (RUN/tensorboard/). Rank 0 only."""
+"""What a person watching a run sees: the progress bar (a tqdm bar on a terminal, a periodic log
+line elsewhere), a JSON-lines metrics log (RUN/metrics.jsonl) and TensorBoard scalars
+(RUN/tensorboard/). Rank 0 only."""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +50,56 @@ def _flatten(values: Mapping[str, Any], prefix: str = ""):
             yield from _flatten(value, f"{name}/")
         else:
             yield name, value
+
+
+class ProgressBar:
+    """Training progress on rank 0, with tqdm's update / set_postfix / close.
+
+    On a terminal it is a tqdm bar. Anywhere else (torchrun and TorchX pipe the output, CI writes a
+    file) every redraw of a bar would become a line of its own, so it logs one line every
+    `every_s` seconds and one at the end instead.
+    """
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train",
+                 every_s: float = 30.0) -> None:
+        self._bar = (tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+                     if enabled and sys.stderr.isatty() else None)
+        self._log_lines = enabled and self._bar is None
+        self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
+        self._start_n, self._start = initial, time.monotonic()
+        self._logged_at: Optional[float] = None
+        self._postfix: dict[str, Any] = {}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._log_lines and time.monotonic() - (self._logged_at or self._start) >= self.every_s:
+            self._log()
+
+    def set_postfix(self, **values: Any) -> None:
+        self._postfix = values
+        if self._bar is not None:
+            self._bar.set_postfix(**values)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._log_lines and self.n > self._start_n:
+            self._log()
+
+    def _log(self) -> None:
+        now = time.monotonic()
+        self._logged_at = now
+        elapsed = now - self._start
+        rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
+        left = f", ~{_duration((self.total - self.n) / rate)} left" if rate > 0 and self.total > self.n else ""
+        postfix = "".join(f", {key} {value}" for key, value in self._postfix.items())
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        log.info("%s: step %d/%d%s%s, %.1f step/s, %s elapsed%s", self.desc, self.n, self.total, share, postfix,
+                 rate, _duration(elapsed), left)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

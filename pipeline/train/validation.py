@@ -8,7 +8,7 @@ import torch
 
 from pipeline.data.schema import DatasetSchema
 from pipeline.runtime.inference import eval_batches, run_inference
-from pipeline.metrics.metric_state import MultiTaskMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
 from pipeline.runtime.distributed import DistContext
 
 

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.census import CATEGORICAL, CONTINUOUS, EDUCATION_DEFS, prepare_census
+from pipeline.data.census import CATEGORICAL, CONTINUOUS, EDUCATION_DEFS, MONEY, prepare_census
 from pipeline.data.census_raw import RAW_FILES, read_raw, shipped_raw_dir
 from pipeline.data.schema import DataError, DatasetExistsError, DatasetSchema
 
@@ -139,6 +139,25 @@ def test_unseen_test_values_map_to_zero(tmp_path):
     for split in ("valid", "test"):
         sex = pq.read_table(schema.split_paths(split), columns=["sex"])["sex"].to_numpy()
         assert (sex == 0).all() and len(sex) == 2
+
+
+def test_log1p_zscore_features_use_train_moments(tmp_path):
+    _fake_raw(tmp_path / "raw", [])
+    args = {"out": tmp_path / "out", "raw_dir": str(tmp_path / "raw"), "row_group_rows": 64}
+    prepare_census(**args, preprocess="log1p_zscore")
+    schema = DatasetSchema.load(tmp_path / "out")
+    train = pq.read_table(schema.split_paths("train"))
+    raw = read_raw(tmp_path / "raw" / RAW_FILES["data"])
+    assert "dense_ranges" not in schema.prep and set(schema.prep["dense_moments"]) == set(CONTINUOUS)
+    for column in CONTINUOUS:
+        x = np.asarray(raw[column].to_pylist(), dtype=np.float64)
+        expected = np.log1p(x) if column in MONEY else x
+        mean, std = schema.prep["dense_moments"][column]
+        assert (mean, std) == (pytest.approx(expected.mean()), pytest.approx(expected.std()))
+        np.testing.assert_allclose(train[column].to_numpy(), (expected - mean) / (std or 1.0), rtol=1e-5, atol=1e-6)
+    assert any(np.asarray(raw[c].to_pylist(), dtype=np.float64).max() > 0 for c in MONEY)  # log1p exercised
+    with pytest.raises(DatasetExistsError, match="preprocess"):  # min-max features are another dataset
+        prepare_census(**args)
 
 
 def test_missing_raw_files_are_named(tmp_path):

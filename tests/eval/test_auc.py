@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from models.inputs import Task
 from pipeline.metrics.auc import (ExactScoreCounts, bin_midpoints, grouped_auc, histogram_keys, num_bins,
                                tie_averaged_auc)
-from pipeline.metrics.metric_state import MultiTaskMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
 from tests.eval.synthetic_logs import ctr_like
 
 

@@ -37,7 +37,8 @@ def test_one_and_two_ranks_give_identical_reports(tmp_path):
     predictions = str(tmp_path / "logs" / "*.parquet")
     run_metrics(MetricsJob(predictions=predictions, tasks=(Task("a"), Task("b")), out=str(tmp_path / "one"),
                            auc_mode="exact", segment_by="country", user_column="user", batch_rows=300, plots=False))
-    two_ranks = mtrec("metrics", "--predictions", predictions, "--tasks", "a,b", "--auc-mode", "exact",
+    # -v: every rank logs its share (without it, only rank 0 logs INFO lines)
+    two_ranks = mtrec("-v", "metrics", "--predictions", predictions, "--tasks", "a,b", "--auc-mode", "exact",
                       "--segment-by", "country", "--user-column", "user", "--batch-rows", "300", "--no-plots",
                       "--out", str(tmp_path / "two"), nproc=2, timeout=300)
     shares = dict(re.findall(r"this rank \((\d) of 2\) reads \d+ row groups, (\d+) rows", two_ranks.stderr))

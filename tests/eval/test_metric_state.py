@@ -9,7 +9,10 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from models.inputs import Task
-from pipeline.metrics.metric_state import (GroupedAucMetrics, MetricInputError, MultiTaskMetrics, SegmentedMetrics)
+from pipeline.metrics.grouped import GroupedAucMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
+from pipeline.metrics.numerics import MetricInputError
+from pipeline.metrics.segmented import SegmentedMetrics
 from tests.eval.synthetic_logs import ctr_like
 
 TASKS = [Task("click"), Task("buy"), Task("dwell", kind="regression")]

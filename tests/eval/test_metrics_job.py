@@ -14,7 +14,8 @@ from models.inputs import Task
 from pipeline.cli import main as cli_main
 from pipeline.data.schema import DataError
 from pipeline.eval import report as report_module
-from pipeline.metrics.metric_state import GroupedAucMetrics, MultiTaskMetrics
+from pipeline.metrics.grouped import GroupedAucMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
 from pipeline.eval.metrics_job import MetricsJob, run_metrics
 from pipeline.eval.report import compare_reports
 from tests.eval.synthetic_logs import write_log
@@ -144,6 +145,29 @@ def test_corrupt_data_pages_name_file_and_row_group(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"x\.parquet row group 0: cannot read"):
         run_metrics(_job(path, tmp_path / "out"))
+
+
+@pytest.mark.parametrize("option", ["weight_column", "user_column", "segment_by"])
+def test_a_named_column_that_is_missing_names_column_and_file(tmp_path, option, capsys):
+    _write(tmp_path / "x.parquet", **_good_columns(), weight=np.ones(10))
+    with pytest.raises(DataError, match=r"x\.parquet: missing column 'nosuch'"):
+        run_metrics(_job(tmp_path / "x.parquet", tmp_path / "out", **{option: "nosuch"}))
+    with pytest.raises(SystemExit) as e:
+        cli_main(["metrics", "--predictions", str(tmp_path / "x.parquet"), "--tasks", ",".join(TASKS),
+                  "--out", str(tmp_path / "out"), f"--{option.replace('_', '-')}", "nosuch"])
+    assert e.value.code == 2 and "x.parquet: missing column 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_weight_column_default_and_explicit(tmp_path):
+    columns = _good_columns()
+    _write(tmp_path / "x.parquet", **columns, w=np.arange(10, dtype=np.float64))
+    default = run_metrics(_job(tmp_path / "x.parquet", tmp_path / "default", plots=False))
+    assert default["inputs"]["weight_column"] is None  # no 'weight' column and none named: weight 1
+    assert default["rows"] == 10 and default["tasks"]["a"]["weighted_count"] == 10.0
+    named = run_metrics(_job(tmp_path / "x.parquet", tmp_path / "named", weight_column="w", plots=False))
+    assert named["inputs"]["weight_column"] == "w"
+    assert named["rows"] == 9 and named["tasks"]["a"]["weighted_count"] == 45.0  # row 0 has weight 0
 
 
 def test_non_numeric_and_inconsistent_optional_columns(tmp_path):

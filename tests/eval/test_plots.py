@@ -7,7 +7,7 @@ from sklearn.metrics import roc_curve
 
 from models.inputs import Task
 from pipeline.metrics.auc import roc_points
-from pipeline.metrics.metric_state import MultiTaskMetrics
+from pipeline.metrics.multitask import MultiTaskMetrics
 from pipeline.eval.plots import reliability_groups
 from tests.eval.synthetic_logs import ctr_like
 

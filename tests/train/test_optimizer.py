@@ -11,7 +11,7 @@ from models.inputs import InputSpec, SparseFeature, Task
 from models.typed_config import from_dict
 from pipeline.config import LRScheduleConfig, ShardingConfig, TableShardingConfig, TrainConfig
 from pipeline.runtime.distributed import init_distributed, shutdown_distributed
-from pipeline.train.optimizer import LRSchedule, build_optimizer, fuse_sparse_optimizer
+from pipeline.train.optimizer import LRSchedule, build_optimizer, fuse_sparse_optimizer, lr_factor
 from pipeline.runtime.sharding import plan_sharding, wrap_model
 from torchrec import KeyedJaggedTensor
 
@@ -67,7 +67,7 @@ def test_lr_schedule_reaches_the_fused_embedding_optimizer(ctx):
     before = _table(dmp).clone()
     _step(dmp, opt)
     assert torch.equal(_table(dmp), before), "LR 0 must freeze the fused table"
-    schedule.apply(0)  # back to the base LR
+    schedule.step()  # the LambdaLR sets every group back to base LR x 1
     _step(dmp, opt)
     assert not torch.equal(_table(dmp), before)
 
@@ -81,12 +81,44 @@ def test_data_parallel_tables_are_trained_by_the_dense_optimizer(ctx):
     assert not torch.equal(_table(dmp), before)
 
 
-def test_cosine_schedule_with_warmup():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    schedule = LRSchedule(opt, LRScheduleConfig(name="cosine", warmup_steps=2, min_factor=0.1), total_steps=12)
-    assert [round(schedule.factor(s), 3) for s in (0, 1, 2, 7, 12)] == [0.5, 1.0, 1.0, 0.55, 0.1]
-    schedule.apply(0)
-    assert opt.param_groups[0]["lr"] == 0.5
+COSINE = LRScheduleConfig(name="cosine", warmup_steps=2, min_factor=0.1)
+
+
+def _lrs(opt) -> list[float]:
+    return [round(g["lr"], 6) for g in opt.param_groups]
+
+
+def test_cosine_schedule_with_warmup_steps_like_a_lambda_lr():
+    opt = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)], "lr": 1.0},
+                           {"params": [torch.zeros(1, requires_grad=True)], "lr": 0.1}])
+    schedule = LRSchedule(opt, COSINE, total_steps=12)
+    assert isinstance(schedule, torch.optim.lr_scheduler.LambdaLR)
+    factors = []
+    for _ in range(13):
+        factors.append(round(schedule.factor, 3))
+        assert _lrs(opt) == [round(f, 6) for f in (schedule.factor, 0.1 * schedule.factor)]
+        opt.step()
+        schedule.step()
+    assert [factors[s] for s in (0, 1, 2, 7, 12)] == [0.5, 1.0, 1.0, 0.55, 0.1]
+    assert factors == [round(lr_factor(COSINE, 12)(s), 3) for s in range(13)]
+
+
+def test_schedule_built_at_a_resumed_step_continues_exactly():
+    """What resuming does: the checkpoint's step alone positions a fresh schedule, base LRs from the config."""
+    def run(steps: int, resume_at: int | None = None) -> list[list[float]]:
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+        schedule = LRSchedule(opt, COSINE, total_steps=12)
+        seen = []
+        for step in range(steps):
+            if step == resume_at:  # a new process: the same optimiser config, its LR not yet scheduled
+                opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+                schedule = LRSchedule(opt, COSINE, total_steps=12, step=step)
+            seen.append(_lrs(opt))
+            opt.step()
+            schedule.step()
+        return seen
+    assert run(12, resume_at=5) == run(12)
+    assert run(12, resume_at=1) == run(12)
 
 
 def test_gradient_clipping_bounds_the_dense_update(ctx):

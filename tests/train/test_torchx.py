@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,25 @@ def test_train_component_runs_the_cli_under_torchrun():
     assert role.mounts and role.mounts[0].dst_path == "/runs"
 
 
+def cli_args(app) -> list[str]:
+    """What the replica's torchrun runs after `-m pipeline`."""
+    tokens = shlex.split(app.roles[0].args[-1])
+    assert tokens[tokens.index("-m") + 1] == "pipeline"
+    return tokens[tokens.index("-m") + 2:]
+
+
 def test_evaluate_component_passes_its_options():
-    cmd = evaluate(config="c.yaml", checkpoint="r", data="d/test", out="rep", write_predictions=True,
-                   auc_mode="exact").roles[0].args[-1]
-    assert "-m pipeline evaluate --config c.yaml --checkpoint r --data d/test --out rep --auc-mode exact " \
-           "--write-predictions" in cmd
+    args = cli_args(evaluate(checkpoint="r", data="d/test", out="rep", config="c.yaml", which="latest",
+                             write_predictions=True, auc_mode="exact"))
+    assert args[0] == "evaluate" and args[-1] == "--write-predictions"
+    assert dict(zip(args[1:-1:2], args[2:-1:2])) == {"--checkpoint": "r", "--which": "latest", "--data": "d/test",
+                                                     "--out": "rep", "--auc-mode": "exact", "--config": "c.yaml"}
+
+
+def test_evaluate_component_defaults_to_the_best_checkpoint_and_the_stored_config():
+    args = cli_args(evaluate(checkpoint="r", data="d/test", out="rep"))
+    assert dict(zip(args[1::2], args[2::2])) == {"--checkpoint": "r", "--which": "best", "--data": "d/test",
+                                                 "--out": "rep", "--auc-mode": "bounded"}
 
 
 @pytest.mark.slow

@@ -54,15 +54,6 @@ def test_plan_is_saved_next_to_every_checkpoint(trained_2ranks):
         assert json.loads((ckpt / "meta.json").read_text())["world_size"] == 2
 
 
-def test_resume_under_another_world_size_is_refused(census_dir, trained_2ranks, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_2ranks, run)
-    proc = mtrec("train", "--config", CONFIG, "--data", str(census_dir), "--out", str(run), "--max-steps", "50",
-                 check=False)
-    assert proc.returncode == 2
-    assert "written by 2 ranks, this job has 1" in proc.stderr
-
-
 def test_evaluate_is_identical_for_1_and_2_ranks_and_matches_mtrec_metrics(census_dir, trained_2ranks, tmp_path):
     reports = {}
     for nproc in (1, 2):
@@ -107,11 +98,11 @@ def test_corrupt_or_foreign_checkpoint_gets_a_clear_error(census_dir, trained_2r
     if damage == "truncate_data":
         for f in latest.glob("*.distcp"):
             f.write_bytes(f.read_bytes()[:100])
-        expected = "could not read checkpoint data"
+        expected = "__0_0.distcp: 100 bytes, meta.json records"
     else:
         (latest / "meta.json").write_text(json.dumps({"format": "someone-else/3"}))
         expected = "not an mtrec checkpoint"
-    proc = mtrec("evaluate", "--config", CONFIG, "--checkpoint", str(latest), "--data", str(census_dir / "test"),
+    proc = mtrec("evaluate", "--checkpoint", str(latest), "--data", str(census_dir / "test"),
                  "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode != 0
     assert expected in proc.stderr and str(latest) in proc.stderr

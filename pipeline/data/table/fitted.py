@@ -1,0 +1,129 @@
+"""Pass 1 (fit the train statistics) and the fitted statistics as saved in schema.yaml `prep.fitted`.
+
+`fit_stats` streams only the files that can hold train rows, with only the columns that need
+fitting, and keeps exactly the train rows pass 2 will write (`rows.rows_of`). `Fitted.save` writes
+vocabularies to `vocab/<feature>.parquet` and returns the mapping stored under `prep.fitted`;
+`load_fitted` reads both back (`mtrec prepare table --reuse-stats DATASET`), so new logs are
+encoded exactly like the dataset the model was trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.typed_config import ConfigError
+from pipeline.data.schema import DataError, DatasetSchema
+from pipeline.data.table.readers import InputFile, read_batches
+from pipeline.data.table.rows import RowState, dense_raw, rows_of
+from pipeline.data.table.spec import CategoricalSpec, TableSpec
+from pipeline.data.table.splits import TRAIN
+from pipeline.data.table.transforms import (CategoricalEncoder, DenseFitter, DenseStats, QuantileSampler,
+                                            VocabCounter, Vocabulary)
+from pipeline.data.table.values import as_numbers, as_text, column, text_lists
+
+HASH_DOC = "splitmix64(fnv1a64(utf8 text)); integers as decimal text (docs/DATA.md, Bring your own data)"
+IDS_DOC = ("0 = null; vocab: 1 = out of vocabulary, 2 + i = i-th value of the sorted train vocabulary; "
+           "hash: 1 + hash mod buckets; bucketize: 1 + number of boundaries <= value")
+
+
+@dataclass
+class Fitted:
+    dense: dict[str, DenseStats]
+    encoders: dict[str, CategoricalEncoder]
+
+    def vocab_sizes(self) -> dict[str, int]:
+        return {n: len(e.vocabulary) for n, e in self.encoders.items() if e.spec.encoding == "vocab"}
+
+    def save(self, dataset_dir: Path) -> dict:
+        """Write the vocabularies; return the `prep.fitted` mapping."""
+        categorical = {}
+        for name, enc in self.encoders.items():
+            entry = {"encoding": enc.spec.encoding, "num_embeddings": enc.num_embeddings}
+            if enc.spec.encoding == "vocab":
+                (dataset_dir / "vocab").mkdir(exist_ok=True)
+                enc.vocabulary.save(dataset_dir / "vocab" / f"{name}.parquet")
+                entry.update(vocab_file=f"vocab/{name}.parquet", size=len(enc.vocabulary))
+            elif enc.spec.encoding == "hash":
+                entry["buckets"] = enc.spec.buckets
+            else:
+                entry["boundaries"] = [float(b) for b in enc.boundaries]
+            categorical[name] = entry
+        return {"hash": HASH_DOC, "ids": IDS_DOC, "dense": {n: asdict(s) for n, s in self.dense.items()},
+                "categorical": categorical}
+
+
+def fit_stats(spec: TableSpec, files: list[InputFile]) -> Fitted:
+    """Pass 1 over the files that can hold train rows."""
+    dense = {d.name: DenseFitter(d) for d in spec.dense}
+    vocab = {c.name: VocabCounter() for c in spec.categorical if c.encoding == "vocab"}
+    quantiles = {c.name: QuantileSampler() for c in spec.categorical if c.quantiles is not None}
+    classes = np.zeros((2, len(spec.tasks)))  # positives, labelled rows (mask 1) of each task on train
+    state = RowState()
+    train_files = [f for f in files if f.split in (None, "train")]
+    for file in train_files:
+        for batch in read_batches(file, spec.inputs, spec.fit_columns()):
+            rows = rows_of(batch, spec, state)
+            train = rows.keep & (rows.splits == TRAIN)
+            for d in spec.dense:
+                dense[d.name].update(dense_raw(batch, d)[train])
+            for c in spec.categorical:
+                if c.name in vocab:
+                    vocab[c.name].update(_train_text(batch, c, train))
+                if c.name in quantiles:
+                    quantiles[c.name].update(as_numbers(batch, c.source, "null")[0][train])
+            masks = rows.labels.masks[train]
+            classes += [(rows.labels.labels[train] * masks).sum(0), masks.sum(0)]
+    _check_classes(spec, classes, train_files)
+    try:
+        return Fitted(
+            dense={name: fitter.finish(name) for name, fitter in dense.items()},
+            encoders={c.name: CategoricalEncoder(
+                c, vocab[c.name].finish(c.min_count) if c.name in vocab else None,
+                quantiles[c.name].finish(c.quantiles, c.name) if c.name in quantiles else c.boundaries)
+                for c in spec.categorical},
+        )
+    except ValueError as e:
+        raise DataError(f"{[f.path for f in train_files]}: {e}") from None
+
+
+def _train_text(batch, c: CategoricalSpec, train: np.ndarray):
+    """The text values of the train rows (every element of a multi-hot list)."""
+    if c.multi_hot:
+        values, value_rows = text_lists(batch, c.source, c.separator)
+        return values.filter(train[value_rows])
+    return as_text(column(batch, c.source)).filter(train)
+
+
+def _check_classes(spec: TableSpec, classes: np.ndarray, files: list[InputFile]) -> None:
+    names = [f.path for f in files]
+    for t, task in enumerate(spec.tasks):
+        positives, labelled = classes[:, t]
+        if labelled == 0:
+            raise DataError(f"{names}: task {task.name!r} has no labelled train rows (mask rule never 1?)")
+        if task.kind == "binary" and positives in (0, labelled):
+            raise DataError(f"{names}: task {task.name!r} has a single class on train: all {labelled:,.0f} "
+                            f"labelled rows are {int(positives > 0)} (check the label rule {task.label})")
+
+
+def load_fitted(spec: TableSpec, dataset_dir: Path) -> Fitted:
+    """The statistics of an earlier import (`--reuse-stats`); ConfigError when they do not fit `spec`."""
+    fitted = DatasetSchema.load(dataset_dir).prep.get("fitted")
+    where = f"--reuse-stats {dataset_dir}"
+    if not fitted:
+        raise ConfigError(f"{where}: no prep.fitted in schema.yaml (not written by `mtrec prepare table`)")
+    dense = {}
+    for d in spec.dense:
+        if d.name not in fitted["dense"]:
+            raise ConfigError(f"{where}: no fitted statistics for dense {d.name!r}")
+        dense[d.name] = DenseStats(**fitted["dense"][d.name])
+    encoders = {}
+    for c in spec.categorical:
+        entry = fitted["categorical"].get(c.name)
+        if entry is None or entry["encoding"] != c.encoding or entry.get("buckets") != c.buckets:
+            raise ConfigError(f"{where}: categorical {c.name!r} was not fitted with encoding {c.encoding!r}"
+                              f"{f' and {c.buckets} buckets' if c.buckets else ''}")
+        vocabulary = Vocabulary.load(Path(dataset_dir) / entry["vocab_file"]) if c.encoding == "vocab" else None
+        encoders[c.name] = CategoricalEncoder(c, vocabulary, tuple(entry.get("boundaries", ())))
+    return Fitted(dense, encoders)
