@@ -212,7 +212,7 @@ def main() -> None:
     root = args.runs if not suffix else args.runs / suffix.lstrip("_")
     failures: list[str] = []
     if not args.report_only:
-        prepare = ["census", "--edu-def", args.edu_def] + (["--preprocess", args.preprocess] if suffix else [])
+        prepare = ["census", "--edu-def", args.edu_def, "--preprocess", args.preprocess]  # its ledgers' features
         prepare_dataset(prepare, data, args.runs / "prepare.log")
         # seed-major order: an interrupted invocation leaves every cell with about as many seeds
         order = [(specs[seed], data) for seed in range(args.seeds) for specs in cells.values()]

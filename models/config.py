@@ -166,6 +166,7 @@ class EmbeddingConfig:
     init: Literal["default", "normal", "uniform"] = "default"
     scale: Optional[float] = None
     tables: dict[str, TableInitConfig] = field(default_factory=dict)
+    data_type: Literal["fp32", "fp16"] = "fp32"  # table weights; pooled outputs stay fp32 (models/sparse_arch.py)
 
     def validate(self, path: str) -> None:
         if self.dim is not None and self.dim < 1:

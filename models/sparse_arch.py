@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -23,6 +23,7 @@ from models.config import EmbeddingConfig, TableInitConfig
 from models.inputs import InputSpec
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 
 
 def table_init_kwargs(init: TableInitConfig) -> dict[str, Any]:
@@ -38,7 +39,9 @@ def table_init_kwargs(init: TableInitConfig) -> dict[str, Any]:
 
 
 def embedding_tables(inputs: InputSpec, cfg: EmbeddingConfig) -> list[EmbeddingBagConfig]:
-    """One EmbeddingBagConfig per sparse feature; `cfg.dim` (if set) overrides the schema's dims."""
+    """One EmbeddingBagConfig per sparse feature; `cfg.dim` (if set) overrides the schema's dims.
+    `cfg.data_type` fp16 halves the tables' weights; fbgemm's fused kernels (CPU and CUDA) look up
+    and update fp16 rows (the row-wise Adagrad state stays fp32) and pool into fp32 outputs."""
     return [
         EmbeddingBagConfig(
             name=f.table_name,
@@ -46,6 +49,7 @@ def embedding_tables(inputs: InputSpec, cfg: EmbeddingConfig) -> list[EmbeddingB
             embedding_dim=cfg.dim or f.embedding_dim,
             feature_names=[f.name],
             pooling=_POOLING[f.pooling],
+            data_type=_DATA_TYPES[cfg.data_type],
             **table_init_kwargs(cfg.table_init(f.table_name)),
         )
         for f in inputs.sparse_features

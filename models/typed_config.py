@@ -35,7 +35,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             line = key_node.start_mark.line + 1
             if seen:
-                raise ConfigError(f"{self.name}: duplicate key {key!r} at line {line} (first at line {first_line[key]})")
+                raise ConfigError(f"{self.name}: duplicate key {key!r} at line {line} "
+                                  f"(first at line {first_line[key]})")
             first_line[key] = line
         return super().construct_mapping(node, deep=deep)
 

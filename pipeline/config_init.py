@@ -10,7 +10,9 @@ comment on each key. Choices (docs/TRAINING.md "A config for your dataset"):
   sets by the rule 6 * num_embeddings^(1/4) rounded to a multiple of 4 in [4, 64]
   (`pipeline.data.table.spec.auto_embedding_dim`); init N(0, 0.01);
 - the backbone of each type as in configs/census_*.yaml; `--dml` switches on CTFM and GKD;
-- batch size 1024 (256 below 100,000 train rows, so a small dataset still gets enough steps);
+- below 100,000 train rows: batch size 256 (so a small dataset still gets enough steps per epoch)
+  and no DataLoader worker process (starting one per epoch costs more than it saves); above:
+  batch size 1024 and one worker per rank;
 - sharding: table_wise for every table (real sharded tables with the fused optimiser, on CPU too).
 """
 from __future__ import annotations
@@ -102,7 +104,7 @@ def build_config(schema: "DatasetSchema", model: str, dml: bool = False, watch: 
     binary = [t.name for t in schema.tasks if t.kind == "binary"]
     if watch is not None and watch not in binary:
         raise ConfigError(f"--watch: {watch!r} is not a binary task of {schema.name!r}; binary tasks: {binary}")
-    train_rows = schema.splits["train"].rows if "train" in schema.splits else 0
+    small = (schema.splits["train"].rows if "train" in schema.splits else 0) < SMALL_DATASET_ROWS
     cfg = JobConfig(
         model=ModelConfig(
             backbone=BACKBONES[model], tower_mlp=(32,), dense_mlp=(),
@@ -111,11 +113,11 @@ def build_config(schema: "DatasetSchema", model: str, dml: bool = False, watch: 
             loss=LossConfig(task_weights={t.name: t.loss_weight for t in schema.tasks}),
         ),
         train=TrainConfig(
-            batch_size=256 if train_rows < SMALL_DATASET_ROWS else 1024, epochs=8,
+            batch_size=256 if small else 1024, epochs=8,
             early_stopping=EarlyStoppingConfig(task=watch or (binary[0] if binary else None), metric="auc",
                                                patience=2),
         ),
-        data=DataConfig(),
+        data=DataConfig(num_workers=0 if small else 1),
         sharding=ShardingConfig(default=TableShardingConfig(sharding_types=("table_wise",))),
         eval=EvalConfig(),
     )

@@ -18,9 +18,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from models.typed_config import from_dict
 from pipeline.cli import build_parser, main, parse_args
 from pipeline.cli.options import help_examples
-from pipeline.config import load_job_config, train_job_config
+from pipeline.config import JobConfig, apply_overrides, load_job_config, train_job_config
 from pipeline.components import train as train_component
 from pipeline.train.run_log import ProgressBar
 from tests.conftest import REPO, VENV_BIN, job_env
@@ -91,7 +92,8 @@ def test_help_of_every_command(path, capsys):
 def test_every_option_and_command_has_a_help_text(path):
     parser = dict(_parsers())[path]
     for action in parser._actions:
-        assert action.help and action.help != argparse.SUPPRESS, f"{parser.prog}: {action.option_strings or action.dest}"
+        what = f"{parser.prog}: {action.option_strings or action.dest}"
+        assert action.help and action.help != argparse.SUPPRESS, what
         if isinstance(action, argparse._SubParsersAction):
             for choice in action._choices_actions:
                 assert choice.help, f"{parser.prog} {choice.dest}"
@@ -112,11 +114,12 @@ def test_every_help_example_parses_and_its_config_validates(path, example, monke
     assert tokens[0] == "mtrec"
     args = parse_args(tokens[1:])
     assert args.func is not None
-    if getattr(args, "config", None):  # the example's config and overrides are real keys
-        if args.command == "train":
-            train_job_config(args.config, args.overrides, max_steps=args.max_steps, epochs=args.epochs, seed=args.seed)
-        else:
-            load_job_config(args.config, args.overrides)
+    if args.command == "train":  # the example's config and overrides are real keys
+        train_job_config(args.config, args.overrides, max_steps=args.max_steps, epochs=args.epochs, seed=args.seed)
+    elif getattr(args, "config", None):
+        load_job_config(args.config, args.overrides)
+    elif getattr(args, "overrides", None):  # on the config stored with the checkpoint: keys must exist
+        from_dict(JobConfig, apply_overrides({}, args.overrides))
 
 
 # ----------------------------------------------------------------------------- overrides and config errors
@@ -151,9 +154,9 @@ def test_a_bad_override_is_named_not_the_file(capsys, monkeypatch):
 
 def test_a_yaml_tag_in_an_override_is_a_clean_error(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    code, _, err = _print_config(capsys, CENSUS_CONFIG, "train.epochs=!!python/object/apply:os.system ['echo hi']")
+    code, _, err = _print_config(capsys, CENSUS_CONFIG, "train.epochs=!!python/object/apply:os.system [ls]")
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
-    assert "override 'train.epochs=!!python/object/apply:os.system ['echo hi']': not valid YAML" in err
+    assert "override 'train.epochs=!!python/object/apply:os.system [ls]': not valid YAML" in err
     assert "could not determine a constructor for the tag" in err
 
 
@@ -235,7 +238,8 @@ def test_a_data_error_found_in_a_dataloader_worker_is_one_line(tmp_path):
         return table.set_column(table.schema.get_field_index("d0"), "d0", pa.array(values, pa.float32()))
 
     config, data = _tiny_job(tmp_path, nan_in_d0)
-    proc = _python("-m", "pipeline", "train", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"))
+    proc = _python("-m", "pipeline", "train", "--config", str(config), "--data", str(data),
+                   "--out", str(tmp_path / "run"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Original" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mtrec train: error:")]
@@ -284,7 +288,8 @@ def test_console_shows_own_info_on_rank_0_warnings_everywhere_and_no_known_benig
         logging.getLogger("torchrec.planner").warning("library warning")
         name, message = BENIGN_LOG_RECORDS[0]
         logging.getLogger(name).warning(message)
-        warnings.warn(BENIGN_WARNINGS[0] + " (and the rest of it)", FutureWarning)
+        for message in BENIGN_WARNINGS:
+            warnings.warn(message + " (and the rest of it)", FutureWarning)
         warnings.warn("an unknown warning", UserWarning)
     """
     rank0, rank1 = (_python("-c", script, rank).stderr for rank in ("0", "1"))
@@ -292,23 +297,25 @@ def test_console_shows_own_info_on_rank_0_warnings_everywhere_and_no_known_benig
     for err in (rank0, rank1):
         assert "library warning" in err and "an unknown warning" in err
         assert "own debug" not in err and "library info" not in err
-        assert "is_fx_tracing" not in err and "broadcast_buffers" not in err
+        assert "is_fx_tracing" not in err and "broadcast_buffers" not in err and "ShardedTensor" not in err
 
 
-def test_progress_is_a_log_line_when_not_on_a_terminal(caplog):
+def test_progress_is_a_log_line_per_tenth_when_not_on_a_terminal(caplog):
     caplog.set_level(logging.INFO, logger="pipeline.train.run_log")
-    quiet = ProgressBar(100, initial=10, every_s=3600)
-    for _ in range(90):
-        quiet.update()
-    quiet.set_postfix(loss="0.5000")
-    quiet.close()
+    bar = ProgressBar(100, initial=10, min_s=0)
+    for _ in range(85):
+        bar.update()
+    bar.set_postfix(loss="0.5000")
+    bar.close()  # at step 95: one more line for the last steps
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and lines[0].startswith("train: step 100/100 (100%), loss 0.5000"), lines
+    assert [line.split(",")[0] for line in lines] == [f"train: step {n}/100 ({n}%)" for n in (*range(20, 91, 10), 95)]
+    assert lines[-1].startswith("train: step 95/100 (95%), loss 0.5000")
     caplog.clear()
-    chatty = ProgressBar(4, every_s=0)
-    for _ in range(4):
-        chatty.update()
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == [f"train: step {n}/4 ({25 * n}%)" for n in range(1, 5)]
+    quiet = ProgressBar(100, min_s=3600)  # a tenth in less than min_s: only the final line
+    for _ in range(100):
+        quiet.update()
+    quiet.close()
+    assert len(caplog.records) == 1
 
 
 def test_torchx_components_set_omp_num_threads():

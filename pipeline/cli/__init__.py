@@ -76,12 +76,26 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as e:  # bad input: a clear message, no traceback wall
         log.debug("failed", exc_info=True)
         _exit(args, f"error: {e}", EXIT_USER_ERROR)
+    except RuntimeError as e:
+        if not _peer_lost(e):
+            raise
+        # Another rank died (e.g. of a user error, its one line is above and in torchrun's summary);
+        # this rank's collective broke. Its traceback says nothing more: RUN/train.log has it.
+        log.debug("a peer rank failed", exc_info=True)
+        _exit(args, "stopped: another rank failed first (see its message)", 1, record=False)
 
 
-def _exit(args: argparse.Namespace, message: str, status: int) -> None:
+def _peer_lost(error: RuntimeError) -> bool:
+    """A collective failed because a peer process went away (gloo's and NCCL's wording)."""
+    lost = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(text in str(error) for text in lost)
+
+
+def _exit(args: argparse.Namespace, message: str, status: int, record: bool = True) -> None:
     line = f"mtrec {args.command}: {message}"
     print(line, file=sys.stderr)
-    _record_for_torchelastic(line)
+    if record:
+        _record_for_torchelastic(line)
     raise SystemExit(status) from None
 
 

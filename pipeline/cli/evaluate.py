@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--write-predictions", action="store_true",
                    help="also write every row's predictions to OUT/predictions/ (Parquet, one file per rank)")
     p.add_argument("--auc-mode", choices=["bounded", "exact"], default="bounded",
-                   help="AUC from a histogram with a certified error bound (bounded, constant memory) or from sorted scores (exact)")
-    p.add_argument("--segment-by", default=None, help="column for a per-segment breakdown")
+                   help="AUC from a histogram with a certified error bound (bounded, constant memory) "
+                        "or from sorted scores (exact)")
     add_overrides(p)
     p.set_defaults(func=run)
 

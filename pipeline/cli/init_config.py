@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.options import output_file
+from pipeline.cli.options import examples_epilog, output_file
 from pipeline.config_init import MODELS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("init-config", help="write a complete, commented job config for a dataset")
+    p = sub.add_parser("init-config", help="write a complete, commented job config for a dataset",
+                       epilog=examples_epilog("mtrec init-config --data runs/data/adult --model adatt_sp "
+                                              "--out runs/adult.yaml"),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset directory (schema.yaml)")
-    p.add_argument("--model", required=True, choices=MODELS, help="backbone of the model section")
+    p.add_argument("--model", required=True, choices=MODELS, help="backbone type of the model")
     p.add_argument("--dml", action="store_true", help="switch on Deep Mutual Learning (CTFM + GKD)")
     p.add_argument("--watch", default=None, metavar="TASK",
                    help="early-stopping task (default: the first binary task)")

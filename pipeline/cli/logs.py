@@ -3,7 +3,8 @@ third-party messages that are silenced (by exact text, each with the reason).
 
 Console: rank 0 shows mtrec's own INFO lines (progress, checkpoints, results); every rank shows
 WARNING and above from anyone. `-v` shows DEBUG from everyone. RUN/train.log (rank 0; other ranks
-RUN/train.rank<r>.log) gets everything from DEBUG up, Python warnings included.
+RUN/train.rank<r>.log) gets mtrec's records from DEBUG and the libraries' from INFO up, Python
+warnings included.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ BENIGN_WARNINGS: tuple[str, ...] = (  # the start of a Python warning's message
     # TorchRec's DistributedModelParallel builds its DDP with broadcast_buffers=False, an argument
     # torch 2.13 deprecates; printed by every rank at every model wrap, nothing for us to change.
     "`broadcast_buffers` is deprecated. Use `forward_sync_buffers` instead.",
+    # torch.distributed.checkpoint planning over TorchRec's sharded tables, which TorchRec still
+    # keeps as ShardedTensor (its choice, not ours): twice per rank at every checkpoint load.
+    "Please use DTensor instead and we are deprecating ShardedTensor.",
 )
 
 
@@ -72,10 +76,10 @@ def setup_logging(verbose: bool, rank: int) -> None:
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)
     logging.captureWarnings(True)  # Python warnings become log records: console and run log
-    silence_benign()
+    _silence_benign()
 
 
-def silence_benign() -> None:
+def _silence_benign() -> None:
     for name, message in BENIGN_LOG_RECORDS:
         logging.getLogger(name).addFilter(_Drop(message))
     for message in BENIGN_WARNINGS:
@@ -83,8 +87,8 @@ def silence_benign() -> None:
 
 
 def add_run_log(run_dir: Path, rank: int, name: str = "train") -> Path:
-    """Append everything this process logs (DEBUG and up) to RUN/<name>.log (rank 0) or
-    RUN/<name>.rank<r>.log; returns the file."""
+    """Append everything this process logs to RUN/<name>.log (rank 0) or RUN/<name>.rank<r>.log;
+    returns the file."""
     path = Path(run_dir) / (f"{name}.log" if rank == 0 else f"{name}.rank{rank}.log")
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")

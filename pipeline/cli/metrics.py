@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--out", required=True, type=output_dir, help="report directory")
     p.add_argument("--auc-mode", choices=["bounded", "exact"], default="bounded",
-                   help="AUC from a histogram with a certified error bound (bounded, constant memory) or from sorted scores (exact)")
+                   help="AUC from a histogram with a certified error bound (bounded, constant memory) "
+                        "or from sorted scores (exact)")
     p.add_argument("--regression-tasks", default="", help="comma-separated tasks that are regression")
     p.add_argument("--weight-column", default=None,
                    help="row weight column (must exist); default: 'weight' when the files have it, else weight 1")

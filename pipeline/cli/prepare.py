@@ -21,10 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of the validation/test split of the test file")
     c.add_argument("--row-group-rows", type=int, default=4096,
                    help="rows per row group: many small units keep ranks balanced (census: 49 units)")
-    c.add_argument("--preprocess", default="mtrec", choices=["mtrec", "log1p_zscore", "mmoeex", "mmoeex_aligned"],
-                   help="features: mtrec's (continuous min-max), the same with log1p (money columns) + z-score, or "
-                        "MMoEEx-MTL's one-hot preparation as run (test features shifted, docs/RESULTS.md) / with "
-                        "the shift fixed")
+    c.add_argument("--preprocess", default="log1p_zscore", choices=["log1p_zscore", "mtrec", "mmoeex", "mmoeex_aligned"],
+                   help="features: continuous log1p (money columns) + z-score, or min-max (mtrec, the default "
+                        "before docs/RESULTS.md's ablation), or MMoEEx-MTL's one-hot preparation as run (test "
+                        "features shifted, docs/RESULTS.md) / with the shift fixed")
     c.add_argument("--onehot-dim", type=int, default=128, help="embedding dim of the mmoeex one-hot feature")
     c.add_argument("--overwrite", action="store_true", help="replace an existing dataset made differently")
     s = kinds.add_parser("synthetic", help="MMoE-style generator with controllable task correlation",
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--rows", type=int, required=True, help="rows in all (split into train/valid/test)")
     s.add_argument("--preset", choices=["criteo-like"], default=None,
                    help="criteo-like: 13 counters, 26 Zipf id features (tables up to 10M rows), 3 id lists, tasks "
-                        "click / conversion / dwell with a known oracle (docs/DATA.md); uses --rows, --seed, "
+                        "click / conversion / dwell with a known oracle (docs/BENCHMARKS.md \"Scale\"); uses --rows, --seed, "
                         "--embedding-dim, --max-table-rows only")
     s.add_argument("--embedding-dim", type=int, default=16, help="criteo-like: dim of every table")
     s.add_argument("--max-table-rows", type=int, default=10_000_000,
@@ -53,7 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--row-group-rows", type=int, default=65536,
                    help="rows per Parquet row group (the unit of work dealt to ranks and workers)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset made differently")
-    t = kinds.add_parser("table", help="CSV/TSV/Parquet/JSON-lines logs described by a spec (docs/DATA.md)")
+    t = kinds.add_parser("table", help="CSV/TSV/Parquet/JSON-lines logs described by a spec (docs/DATA.md)",
+                         epilog=examples_epilog("mtrec prepare table --spec examples/adult/spec.yaml "
+                                                "--out runs/data/adult"),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--spec", required=True, help="import spec YAML (docs/DATA.md, Bring your own data)")
     t.add_argument("--input", nargs="+", default=None, metavar="[SPLIT=]PATH_OR_GLOB",
                    help="input files replacing the spec's (relative to the working directory)")

@@ -38,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="build the model and its sharding plan, print the per-rank memory estimate, do not train")
     p.add_argument("--world-size", type=int, default=None,
                    help="with --dry-run: plan for N ranks (default: torchrun's WORLD_SIZE, else 1)")
+    p.add_argument("--local-world-size", type=int, default=None,
+                   help="with --dry-run: ranks per host (default: torchrun's LOCAL_WORLD_SIZE, else all)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="with --dry-run: plan for this device type (default: cuda when this machine has a GPU)")
     add_overrides(p)
     p.set_defaults(func=run)
 

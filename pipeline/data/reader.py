@@ -45,7 +45,7 @@ class ParquetBatchStream(IterableDataset):
 
     Iterate it directly when num_workers == 0, otherwise through `make_loader(stream, num_workers)`.
     `stats` holds the counters (rows, batches, empty id lists) of the last iteration in this process;
-    every worker also logs them when it finishes.
+    every worker also logs them when it finishes (DEBUG: RUN/train.log, not the console).
     """
 
     def __init__(self, schema: DatasetSchema, paths: Iterable[str], batch_size: int, *, rank: int = 0,
@@ -117,7 +117,7 @@ class ParquetBatchStream(IterableDataset):
                 raise
             yield _WorkerDataError(str(e))  # raised again, as is, by the main process (_BatchLoader)
             return
-        log.info("data rank %d worker %d/%d epoch %d: %s", self.rank, worker_id, max(1, self.num_workers),
+        log.debug("data rank %d worker %d/%d epoch %d: %s", self.rank, worker_id, max(1, self.num_workers),
                  self.epoch, self.stats.summary())
 
     def _worker_id(self) -> int:

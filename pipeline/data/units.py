@@ -45,12 +45,14 @@ def read_footer(path: str) -> pq.FileMetaData:
         raise DataError(f"{path}: truncated or not a Parquet file ({size} bytes): {e}") from None
 
 
-MANIFEST = "manifest.json"  # written by `mtrec evaluate --write-predictions` (pipeline/eval/predictions.py)
+# Written by `mtrec evaluate --write-predictions` (pipeline/eval/predictions.py); the leading "_" keeps
+# Arrow and Spark dataset readers from taking it for a data file.
+MANIFEST = "_manifest.json"
 
 
 def expand_parquet(pattern: str, flag: str) -> list[str]:
     """Sorted Parquet files of a glob (recursive `**` allowed) or of a directory: the files its
-    manifest.json lists when it has one, else all *.parquet below it. `flag` names the command-line
+    _manifest.json lists when it has one, else all *.parquet below it. `flag` names the command-line
     option in the error when nothing matches."""
     if os.path.isdir(pattern) and os.path.isfile(os.path.join(pattern, MANIFEST)):
         return manifest_files(pattern)

@@ -116,8 +116,8 @@ def inference_job(args: argparse.Namespace) -> Iterator[InferenceJob]:
         model = build_model(cfg.model, inputs, ebc_device="meta")
         dmp = wrap_model(model, plan_sharding(model, cfg.sharding, inputs, ctx, cfg.eval.batch_size), ctx)
         meta = load_checkpoint(ckpt, dmp, None, ctx)
-        log.info("scoring %s checkpoint %s (step %d, trained on %d rank(s)) on %d rank(s)",
-                 "the best" if ckpt.name == BEST else "the", ckpt, meta["step"], meta["world_size"], ctx.world_size)
+        log.debug("scoring %s checkpoint %s (step %d, trained on %d rank(s)) on %d rank(s)",
+                  "the best" if ckpt.name == BEST else "the", ckpt, meta["step"], meta["world_size"], ctx.world_size)
         yield InferenceJob(cfg, ckpt, meta, paths, schema, ctx, dmp)
     finally:
         shutdown_distributed()
@@ -145,5 +145,5 @@ def evaluate_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
                   "world_size": ctx.world_size}
         if ctx.is_main:
             write_report(out, report, metrics.histograms(), metrics.mantissa_bits)
-            log.info("report written to %s", out)
+            log.debug("report written to %s", out)
         return report if ctx.is_main else None

@@ -2,7 +2,7 @@
 mask and served prediction — the format `mtrec metrics` reads (`<task>_label`, `<task>_pred`,
 `<task>_mask`, `weight`). Padding rows (key -1) are dropped.
 
-Every rank writes into OUT/predictions.tmp/; when all are done, rank 0 writes `manifest.json`
+Every rank writes into OUT/predictions.tmp/; when all are done, rank 0 writes `_manifest.json`
 (files, rows per file, checkpoint, step, world size, data) and swaps the directory in for
 OUT/predictions whole, so files of an earlier run with another world size never remain beside the
 new ones, and a crash leaves only the `.tmp` directory. `mtrec metrics --predictions DIR` reads
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.data.units import MANIFEST
 from pipeline.runtime.atomic import swap_in
 from pipeline.runtime.distributed import DistContext, barrier, gather_objects
 
@@ -39,9 +40,6 @@ class PredictionWriter:
             columns[f"{name}_mask"] = outputs["masks"][keep, t].numpy()
         self._writer.write_table(pa.table(columns))
         self.rows += int(keep.sum())
-
-
-MANIFEST = "manifest.json"
 
 
 @contextlib.contextmanager

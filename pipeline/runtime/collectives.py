@@ -2,7 +2,7 @@
 
 Importing this module does not import torch. A process that never imported `torch.distributed`
 cannot have joined a process group, so `initialised_dist()` looks it up in `sys.modules` instead
-of importing it: a 1-process `mtrec metrics` then runs on numpy alone (docs/METRICS.md). The
+of importing it: a 1-process `mtrec metrics` then runs on numpy alone, without torch. The
 collectives themselves import torch, and are only called when the group has more than one rank.
 Joining a group is `pipeline.runtime.distributed.init_distributed`.
 """

@@ -229,9 +229,12 @@ def check_budget(cfg: ShardingConfig, budget: ShardingBudget) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- constraints and planning
 def build_constraints(cfg: ShardingConfig, inputs: InputSpec, device_type: str,
-                      auto_min_partition: Optional[dict[str, int]] = None) -> dict[str, ParameterConstraints]:
+                      auto_min_partition: Optional[dict[str, int]] = None,
+                      fp16_tables: frozenset[str] = frozenset()) -> dict[str, ParameterConstraints]:
     """Per-table ParameterConstraints. On CPU, row-wise variants are rejected up front with the
-    table name and the allowed set, instead of the planner's opaque "no available sharding type"."""
+    table name and the allowed set, instead of the planner's opaque "no available sharding type".
+    `fp16_tables` are kept off data_parallel: its dense kernel has no fp16 backward on CPU (NaN
+    predictions within a few steps, measured), the fused kernels have one."""
     tables = {f.table_name for f in inputs.sparse_features}
     unknown = sorted(set(cfg.tables) - tables)
     if unknown:
@@ -256,9 +259,15 @@ def build_constraints(cfg: ShardingConfig, inputs: InputSpec, device_type: str,
         if unknown_types:
             raise ConfigError(f"{key}: unknown sharding types {unknown_types}")
         min_partition = tcfg.min_partition or auto_min_partition.get(table)
-        if tcfg.sharding_types or tcfg.compute_kernels or min_partition or tcfg.pooling_factor:
+        types = tcfg.sharding_types
+        if table in fp16_tables:
+            if "data_parallel" in types or "dense" in tcfg.compute_kernels:
+                raise ConfigError(f"{key}: table {table} has fp16 weights (model.embedding.data_type), which need a "
+                                  f"fused kernel; data_parallel / dense cannot train them")
+            types = tuple(t for t in (types or _allowed_types(cfg, table, device_type)) if t != "data_parallel")
+        if types or tcfg.compute_kernels or min_partition or tcfg.pooling_factor:
             constraints[table] = ParameterConstraints(
-                sharding_types=list(tcfg.sharding_types) or None,
+                sharding_types=list(types) or None,
                 compute_kernels=list(tcfg.compute_kernels) or None,
                 min_partition=min_partition,
                 pooling_factors=[tcfg.pooling_factor or 1.0],
@@ -302,7 +311,8 @@ def plan_with_budget(model: nn.Module, cfg: ShardingConfig, inputs: InputSpec, c
     planner = EmbeddingShardingPlanner(
         topology=make_topology(budget),
         batch_size=batch_size,
-        constraints=build_constraints(cfg, inputs, ctx.device.type, auto),
+        constraints=build_constraints(cfg, inputs, ctx.device.type, auto,
+                                      frozenset(t.name for t in budget.tables if t.elem_bytes == 2)),
         # our own accounting above already took the reserve, the dense state and the id buffers off
         storage_reservation=FixedPercentageStorageReservation(0.0),
         debug=False,

@@ -56,26 +56,30 @@ class ProgressBar:
     """Training progress on rank 0, with tqdm's update / set_postfix / close.
 
     On a terminal it is a tqdm bar. Anywhere else (torchrun and TorchX pipe the output, CI writes a
-    file) every redraw of a bar would become a line of its own, so it logs one line every
-    `every_s` seconds and one at the end instead.
+    file) every redraw of a bar would become a line of its own, so it logs a line per tenth of the
+    run (at most one per `min_s` seconds), or every `max_s` seconds when a tenth takes longer, and
+    one at the end.
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train",
-                 every_s: float = 30.0) -> None:
+                 min_s: float = 5.0, max_s: float = 60.0) -> None:
         self._bar = (tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
                      if enabled and sys.stderr.isatty() else None)
         self._log_lines = enabled and self._bar is None
-        self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
+        self.total, self.n, self.desc = total, initial, desc
+        self._min_s, self._max_s, self._tenth = min_s, max_s, max(1, total // 10)
         self._start_n, self._start = initial, time.monotonic()
-        self._logged_at: Optional[float] = None
+        self._logged_n, self._logged_at = initial, self._start
         self._postfix: dict[str, Any] = {}
 
     def update(self, n: int = 1) -> None:
         self.n += n
         if self._bar is not None:
             self._bar.update(n)
-        elif self._log_lines and time.monotonic() - (self._logged_at or self._start) >= self.every_s:
-            self._log()
+        elif self._log_lines:
+            waited = time.monotonic() - self._logged_at
+            if waited >= self._max_s or (waited >= self._min_s and self.n - self._logged_n >= self._tenth):
+                self._log()
 
     def set_postfix(self, **values: Any) -> None:
         self._postfix = values
@@ -85,12 +89,12 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self._log_lines and self.n > self._start_n:
+        elif self._log_lines and self.n > self._logged_n:
             self._log()
 
     def _log(self) -> None:
         now = time.monotonic()
-        self._logged_at = now
+        self._logged_n, self._logged_at = self.n, now
         elapsed = now - self._start
         rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0
         left = f", ~{_duration((self.total - self.n) / rate)} left" if rate > 0 and self.total > self.n else ""

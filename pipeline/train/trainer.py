@@ -93,7 +93,8 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
 def dry_run_main(args: argparse.Namespace) -> Optional[str]:
     """Entry point of `mtrec train --dry-run`: the plan.txt text (see `dry_run`); under torchrun
     every rank plans (no collectives) and rank 0 returns the text (None elsewhere)."""
-    text = dry_run(_job_config(args), DatasetSchema.load(args.data), args.world_size)
+    text = dry_run(_job_config(args), DatasetSchema.load(args.data), args.world_size, args.local_world_size,
+                   args.device)
     return text if os.environ.get("RANK", "0") == "0" else None
 
 
@@ -105,13 +106,19 @@ def build_training_model(cfg: JobConfig, inputs: InputSpec) -> MultiTaskModel:
     return model
 
 
-def dry_run(cfg: JobConfig, schema: DatasetSchema, world_size: Optional[int] = None) -> str:
+def dry_run(cfg: JobConfig, schema: DatasetSchema, world_size: Optional[int] = None,
+            local_world_size: Optional[int] = None, device_type: Optional[str] = None) -> str:
     """`mtrec train --dry-run`: the sharding plan and per-rank memory estimate for `world_size`
-    ranks (default: torchrun's WORLD_SIZE, else 1), planned in this process without a process group
-    and without allocating a table. Returns the text of the run's plan.txt."""
+    ranks (default: torchrun's WORLD_SIZE, else 1), `local_world_size` per host (default: torchrun's
+    LOCAL_WORLD_SIZE, else all) on `device_type` (default: cuda when this machine has a GPU),
+    planned in this process without a process group and without allocating a table. Planning for
+    GPUs on a machine without one needs `sharding.per_rank_memory_gb`. Returns the run's plan.txt."""
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    local = min(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local = min(world, local_world_size or int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    device = torch.device(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available() and cfg.sharding.per_rank_memory_gb is None:
+        raise ConfigError("train --dry-run --device cuda on a machine without a GPU: set sharding.per_rank_memory_gb "
+                          "(the GPUs' memory cannot be detected here)")
     ctx = DistContext(rank=0, world_size=world, local_rank=0, local_world_size=local, device=device, backend="none")
     inputs = schema.input_spec()
     plan, budget = plan_with_budget(build_training_model(cfg, inputs), cfg.sharding, inputs, ctx,
@@ -196,6 +203,8 @@ class Trainer:
                     progress.epoch, progress.batch_in_epoch, progress.segments = progress.epoch + 1, 0, []
                 if (self._checkpoint_due(progress.step, epoch_end) or improved) and not self._done(progress):
                     self._save(progress, validation)  # the last one is saved below, marked finished
+                if epoch_end:
+                    break  # batch_in_epoch is 0 again: the next epoch needs its own stream
         bar.close()
         if validation is None:  # resumed a finished run, or zero steps: report the current model
             validation = self._validate_and_track(progress, track=False)

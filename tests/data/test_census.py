@@ -85,11 +85,11 @@ def test_labels_never_leak_into_features(census):
 def test_feature_encoding(census):
     schema, tables = census
     for split, table in tables.items():
-        for column in CONTINUOUS:
+        for column in CONTINUOUS:  # the default log1p_zscore: z-scores with the train moments
             values = table[column].to_numpy()
-            assert values.dtype == np.float32 and values.min() >= 0 and values.max() <= 1
+            assert values.dtype == np.float32 and np.isfinite(values).all()
             if split == "train":
-                assert values.min() == 0 and values.max() == 1
+                assert abs(values.mean()) < 1e-4 and values.std() == pytest.approx(1.0, abs=1e-4)
         for feature in schema.sparse:
             ids = table[feature.column].to_numpy()
             assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < feature.num_embeddings
@@ -144,8 +144,9 @@ def test_unseen_test_values_map_to_zero(tmp_path):
 def test_log1p_zscore_features_use_train_moments(tmp_path):
     _fake_raw(tmp_path / "raw", [])
     args = {"out": tmp_path / "out", "raw_dir": str(tmp_path / "raw"), "row_group_rows": 64}
-    prepare_census(**args, preprocess="log1p_zscore")
+    prepare_census(**args)  # the default
     schema = DatasetSchema.load(tmp_path / "out")
+    assert schema.prep["params"]["preprocess"] == "log1p_zscore"
     train = pq.read_table(schema.split_paths("train"))
     raw = read_raw(tmp_path / "raw" / RAW_FILES["data"])
     assert "dense_ranges" not in schema.prep and set(schema.prep["dense_moments"]) == set(CONTINUOUS)
@@ -157,7 +158,22 @@ def test_log1p_zscore_features_use_train_moments(tmp_path):
         np.testing.assert_allclose(train[column].to_numpy(), (expected - mean) / (std or 1.0), rtol=1e-5, atol=1e-6)
     assert any(np.asarray(raw[c].to_pylist(), dtype=np.float64).max() > 0 for c in MONEY)  # log1p exercised
     with pytest.raises(DatasetExistsError, match="preprocess"):  # min-max features are another dataset
-        prepare_census(**args)
+        prepare_census(**args, preprocess="mtrec")
+
+
+def test_mtrec_features_are_min_max_scaled(tmp_path):
+    _fake_raw(tmp_path / "raw", [])
+    prepare_census(out=tmp_path / "out", raw_dir=str(tmp_path / "raw"), row_group_rows=64, preprocess="mtrec")
+    schema = DatasetSchema.load(tmp_path / "out")
+    assert "preprocess" not in schema.prep["params"]  # the parameters of min-max datasets made before the option
+    for split in ("train", "valid", "test"):
+        table = pq.read_table(schema.split_paths(split), columns=list(CONTINUOUS))
+        for column in CONTINUOUS:
+            values = table[column].to_numpy()
+            assert values.dtype == np.float32 and values.min() >= 0 and values.max() <= 1
+            low, high = schema.prep["dense_ranges"][column]
+            if split == "train" and high > low:
+                assert values.min() == 0 and values.max() == 1
 
 
 def test_missing_raw_files_are_named(tmp_path):

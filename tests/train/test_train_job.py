@@ -50,7 +50,7 @@ def test_plan_is_saved_next_to_every_checkpoint(trained_2ranks):
     plan = (trained_2ranks / "plan.txt").read_text()
     assert "sparse_arch.ebc.t_" in plan
     for ckpt in complete_checkpoints(trained_2ranks):
-        assert (ckpt / "plan.txt").read_text() == plan
+        assert plan.startswith((ckpt / "plan.txt").read_text())  # the table lines; the run's adds the budget summary
         assert json.loads((ckpt / "meta.json").read_text())["world_size"] == 2
 
 

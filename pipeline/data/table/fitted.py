@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from models.typed_config import ConfigError
 from pipeline.data.schema import DataError, DatasetSchema
-from pipeline.data.table.readers import InputFile, read_batches
+from pipeline.data.table.readers import InputFile, read_all
 from pipeline.data.table.rows import RowState, dense_raw, rows_of
 from pipeline.data.table.spec import CategoricalSpec, TableSpec
 from pipeline.data.table.splits import TRAIN
@@ -62,19 +63,18 @@ def fit_stats(spec: TableSpec, files: list[InputFile]) -> Fitted:
     classes = np.zeros((2, len(spec.tasks)))  # positives, labelled rows (mask 1) of each task on train
     state = RowState()
     train_files = [f for f in files if f.split in (None, "train")]
-    for file in train_files:
-        for batch in read_batches(file, spec.inputs, spec.fit_columns()):
-            rows = rows_of(batch, spec, state)
-            train = rows.keep & (rows.splits == TRAIN)
-            for d in spec.dense:
-                dense[d.name].update(dense_raw(batch, d)[train])
-            for c in spec.categorical:
-                if c.name in vocab:
-                    vocab[c.name].update(_train_text(batch, c, train))
-                if c.name in quantiles:
-                    quantiles[c.name].update(as_numbers(batch, c.source, "null")[0][train])
-            masks = rows.labels.masks[train]
-            classes += [(rows.labels.labels[train] * masks).sum(0), masks.sum(0)]
+    for batch in read_all(train_files, spec.inputs, spec.fit_columns()):
+        rows = rows_of(batch, spec, state)
+        train = rows.keep & (rows.splits == TRAIN)
+        for d in spec.dense:
+            dense[d.name].update(dense_raw(batch, d)[train])
+        for c in spec.categorical:
+            if c.name in vocab:
+                _count_train_values(vocab[c.name], batch, c, train)
+            if c.name in quantiles:
+                quantiles[c.name].update(as_numbers(batch, c.source, "null")[0][train])
+        masks = rows.labels.masks[train]
+        classes += [(rows.labels.labels[train] * masks).sum(0), masks.sum(0)]
     _check_classes(spec, classes, train_files)
     try:
         return Fitted(
@@ -88,12 +88,18 @@ def fit_stats(spec: TableSpec, files: list[InputFile]) -> Fitted:
         raise DataError(f"{[f.path for f in train_files]}: {e}") from None
 
 
-def _train_text(batch, c: CategoricalSpec, train: np.ndarray):
-    """The text values of the train rows (every element of a multi-hot list)."""
+def _count_train_values(counter: VocabCounter, batch, c: CategoricalSpec, train: np.ndarray) -> None:
+    """Count the text values of the train rows (every element of a multi-hot list): each distinct
+    value once per batch, counted with a bincount over its dictionary index (no copy of the text)."""
     if c.multi_hot:
         values, value_rows = text_lists(batch, c.source, c.separator)
-        return values.filter(train[value_rows])
-    return as_text(column(batch, c.source)).filter(train)
+        train = train[value_rows]
+    else:
+        values = as_text(column(batch, c.source))
+    encoded = values.dictionary_encode()
+    index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    counts = np.bincount(index[train & (index >= 0)], minlength=len(encoded.dictionary))
+    counter.update(encoded.dictionary, counts)
 
 
 def _check_classes(spec: TableSpec, classes: np.ndarray, files: list[InputFile]) -> None:

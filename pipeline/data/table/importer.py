@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -22,14 +24,13 @@ import numpy as np
 import pyarrow as pa
 
 from models.typed_config import ConfigError, to_dict
-from pipeline.data.schema import (SPLITS, DataError, DatasetSchema, DenseColumn, SparseColumn, SplitWriter,
-                                  TaskColumn, existing_dataset)
+from pipeline.data.schema import (SPLITS, DataError, DatasetSchema, DenseColumn, SparseColumn, SplitInfo,
+                                  SplitWriter, TaskColumn, existing_dataset)
 from pipeline.data.table.fitted import Fitted, fit_stats, load_fitted
 from pipeline.data.table.labels import sample_weights
-from pipeline.data.table.readers import InputFile, RawBatch, file_columns, read_batches, resolve_inputs
+from pipeline.data.table.readers import InputFile, RawBatch, file_columns, read_all, resolve_inputs
 from pipeline.data.table.spec import TableSpec, auto_embedding_dim, load_spec
 from pipeline.data.table.rows import Rows, RowState, dense_raw, rows_of
-from pipeline.data.table.splits import TRAIN
 from pipeline.data.table.summary import ImportCounts, render
 from pipeline.data.table.transforms import NULL_ID, OOV_ID, encode_dense
 from pipeline.data.table.values import as_numbers, as_text, column, text_lists
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 KEY = "row_id"
 WEIGHT = "sample_weight"
+# Part of `prep.params`: bumped when the same spec and inputs would be encoded differently, so that
+# an older dataset is not taken as up to date.
+IMPORTER_VERSION = 1
 
 
 def prepare_table(spec_path: str | os.PathLike, out: str | os.PathLike, inputs: Optional[list[str]] = None,
@@ -52,7 +56,8 @@ def prepare_table(spec_path: str | os.PathLike, out: str | os.PathLike, inputs: 
     spec = load_spec(spec_path)
     files = resolve_inputs(spec.inputs, Path(spec_path).parent, inputs)
     ignored = check_columns(spec, files)
-    params = {"spec": to_dict(spec), "inputs": [_identity(f) for f in files], "reuse_stats": reuse_stats}
+    params = {"importer_version": IMPORTER_VERSION, "spec": to_dict(spec), "inputs": [_identity(f) for f in files],
+              "reuse_stats": reuse_stats}
     existing = existing_dataset(out, params, overwrite=overwrite)
     if existing is not None:
         return f"{out} is up to date (same spec and input files)\n{render(existing.prep['summary'])}"
@@ -97,47 +102,84 @@ def _identity(file: InputFile) -> dict:
 def write_splits(spec: TableSpec, files: list[InputFile], fitted: Fitted, out: Path) -> tuple[dict, ImportCounts]:
     """Encode every row and write it to its split; returns split infos and the counts."""
     counts = ImportCounts()
-    writers: dict[int, SplitWriter] = {}
-    tasks = task_columns(spec)
     state = RowState()
-    for file in files:
-        for batch in read_batches(file, spec.inputs, spec.raw_columns()):
+    with SplitWriters(out, spec) as writers:
+        for batch in read_all(files, spec.inputs, spec.raw_columns()):
             rows = rows_of(batch, spec, state)
             counts.rows_read += batch.table.num_rows
-            table = encode_batch(batch, rows, spec, fitted, counts)
-            for split in np.unique(rows.splits[rows.keep]):
-                if split not in writers:
-                    writers[split] = SplitWriter(out, SPLITS[split], table.schema, row_group_rows=spec.row_group_rows,
-                                                 file_rows=spec.file_rows, tasks=tasks)
-                part = rows.splits[rows.keep] == split
-                writers[split].write(table if part.all() else table.filter(pa.array(part)))
-    counts.duplicate_rows = state.duplicates
-    if TRAIN not in writers:
+            writers.write(encode_batch(batch, rows, spec, fitted, counts), rows.splits[rows.keep])
+        counts.duplicate_rows = state.duplicates
+        infos = writers.close()
+    if "train" not in infos:
         raise DataError(f"no train rows in {[f.path for f in files]} (check the split rule)")
-    return {SPLITS[s]: writers[s].close() for s in sorted(writers)}, counts
+    return infos, counts
+
+
+class SplitWriters:
+    """One SplitWriter per split, fed by a single background thread (Parquet encoding and zstd
+    release the GIL, so writing overlaps the encoding of the next batch); at most `WRITE_AHEAD`
+    tables wait, so memory stays bounded."""
+
+    WRITE_AHEAD = 2
+
+    def __init__(self, out: Path, spec: TableSpec) -> None:
+        self.out, self.spec, self.tasks = out, spec, task_columns(spec)
+        self.writers: dict[int, SplitWriter] = {}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-writer")
+        self.pending: deque[Future] = deque()
+
+    def write(self, table: pa.Table, split_of_row: np.ndarray) -> None:
+        while len(self.pending) >= self.WRITE_AHEAD:
+            self.pending.popleft().result()  # re-raises a write error here
+        self.pending.append(self.pool.submit(self._write, table, split_of_row))
+
+    def _write(self, table: pa.Table, split_of_row: np.ndarray) -> None:
+        for split in np.unique(split_of_row):
+            if split not in self.writers:
+                self.writers[split] = SplitWriter(self.out, SPLITS[split], table.schema,
+                                                  row_group_rows=self.spec.row_group_rows,
+                                                  file_rows=self.spec.file_rows, tasks=self.tasks)
+            part = split_of_row == split
+            self.writers[split].write(table if part.all() else table.filter(pa.array(part)))
+
+    def close(self) -> dict[str, SplitInfo]:
+        self._drain()
+        return {SPLITS[s]: self.writers[s].close() for s in sorted(self.writers)}
+
+    def _drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def __enter__(self) -> "SplitWriters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self._drain()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def encode_batch(batch: RawBatch, rows: Rows, spec: TableSpec, fitted: Fitted, counts: ImportCounts) -> pa.Table:
     """The output columns of the kept rows of `batch` (key, dense, categorical, labels, masks, weight)."""
     keep = rows.keep
-    split_names = np.array(SPLITS)[rows.splits[keep]]
+    split_of_row = rows.splits[keep]
     columns = {KEY: pa.array(rows.row_ids[keep])}
     for d in spec.dense:
         raw = dense_raw(batch, d, counts.unparseable)[keep]
-        for split in SPLITS:
-            counts.nulls_filled[d.name][split] += int(np.isnan(raw[split_names == split]).sum())
+        _count_per_split(counts.nulls_filled[d.name], np.isnan(raw), split_of_row)
         columns[d.name] = pa.array(encode_dense(d, fitted.dense[d.name], raw))
     for c in spec.categorical:
-        columns[c.name] = categorical_column(batch, c, fitted, keep, split_names, counts)
+        columns[c.name] = categorical_column(batch, c, fitted, keep, split_of_row, counts)
     labels, masks = rows.labels.labels[keep], rows.labels.masks[keep]
     for t, task in enumerate(spec.tasks):
         columns[f"label_{task.name}"] = pa.array(labels[:, t])
         if task.mask:
             columns[f"mask_{task.name}"] = pa.array(masks[:, t])
-            for split in SPLITS:
-                in_split = split_names == split
-                counts.mask_rows[task.name][split][0] += int(masks[in_split, t].sum())
-                counts.mask_rows[task.name][split][1] += int(in_split.sum())
+            for split, n in enumerate(np.bincount(split_of_row, minlength=len(SPLITS))):
+                counts.mask_rows[task.name][SPLITS[split]][0] += int(masks[split_of_row == split, t].sum())
+                counts.mask_rows[task.name][SPLITS[split]][1] += int(n)
     for task, n in rows.labels.dropped.items():
         counts.bad_label_rows[task] += n
     if spec.weight:
@@ -145,7 +187,7 @@ def encode_batch(batch: RawBatch, rows: Rows, spec: TableSpec, fitted: Fitted, c
     return pa.table(columns)
 
 
-def categorical_column(batch: RawBatch, c, fitted: Fitted, keep: np.ndarray, split_names: np.ndarray,
+def categorical_column(batch: RawBatch, c, fitted: Fitted, keep: np.ndarray, split_of_row: np.ndarray,
                        counts: ImportCounts) -> pa.Array:
     """int64 ids (scalar) or list<int64> ids (multi_hot) of the kept rows; counts OOV and nulls."""
     encoder = fitted.encoders[c.name]
@@ -161,19 +203,27 @@ def categorical_column(batch: RawBatch, c, fitted: Fitted, keep: np.ndarray, spl
         ids, value_rows = ids[kept], new_index[value_rows[kept]]
         lengths = np.bincount(value_rows, minlength=int(keep.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        _count_ids(counts, c, ids, split_names[value_rows])
+        _count_ids(counts, c, ids, split_of_row[value_rows])
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids, pa.int64()))
-    _count_ids(counts, c, ids, split_names)
+    _count_ids(counts, c, ids, split_of_row)
     return pa.array(ids, pa.int64())
 
 
+def _count_per_split(counter: dict[str, int], flags: np.ndarray, split_of: np.ndarray) -> None:
+    """counter[split] += number of true `flags` in each split."""
+    for split, n in enumerate(np.bincount(split_of[flags], minlength=len(SPLITS))):
+        counter[SPLITS[split]] += int(n)
+
+
 def _count_ids(counts: ImportCounts, c, ids: np.ndarray, split_of_id: np.ndarray) -> None:
-    for split in SPLITS:
-        in_split = ids[split_of_id == split]
-        counts.null_ids[c.name][split] += int((in_split == NULL_ID).sum())
-        if c.encoding == "vocab":
-            counts.oov[c.name][split][0] += int((in_split == OOV_ID).sum())
-            counts.oov[c.name][split][1] += int((in_split != NULL_ID).sum())
+    _count_per_split(counts.null_ids[c.name], ids == NULL_ID, split_of_id)
+    if c.encoding == "vocab":
+        oov = counts.oov[c.name]
+        hits = np.bincount(split_of_id[ids == OOV_ID], minlength=len(SPLITS))
+        present = np.bincount(split_of_id[ids != NULL_ID], minlength=len(SPLITS))
+        for split in range(len(SPLITS)):
+            oov[SPLITS[split]][0] += int(hits[split])
+            oov[SPLITS[split]][1] += int(present[split])
 
 
 # -- schema -----------------------------------------------------------------------------------------

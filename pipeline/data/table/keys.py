@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.data.schema import DataError
 from pipeline.data.table.hashing import string_hash
 from pipeline.data.table.readers import RawBatch
 from pipeline.data.table.values import as_text, bad_value, column

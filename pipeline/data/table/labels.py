@@ -60,7 +60,10 @@ def task_labels(batch: RawBatch, spec: TableSpec) -> LabelBlock:
     keep = np.ones(rows, bool)
     dropped = {}
     for t, task in enumerate(spec.tasks):
-        mask, mask_ok = evaluate_rule(batch, task.mask, binary=True) if task.mask else (np.ones(rows), np.ones(rows, bool))
+        if task.mask:
+            mask, mask_ok = evaluate_rule(batch, task.mask, binary=True)
+        else:
+            mask, mask_ok = np.ones(rows), np.ones(rows, bool)
         label, label_ok = evaluate_rule(batch, task.label, binary=task.kind == "binary")
         bad = ~mask_ok | ((mask == 1) & ~label_ok)
         if bad.any():

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional, TypeVar
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -22,7 +24,9 @@ from models.typed_config import ConfigError
 from pipeline.data.schema import SPLITS, DataError
 from pipeline.data.table.spec import InputsSpec
 
-PARQUET_BATCH_ROWS = 65536
+T = TypeVar("T")
+BATCH_ROWS = 65536  # rows handed on at a time: per-batch overheads stay small, memory bounded
+PREFETCH = 2  # batches parsed ahead
 
 
 @dataclass(frozen=True)
@@ -111,23 +115,73 @@ def file_columns(file: InputFile, spec: InputsSpec) -> list[str]:
         return _open(file, spec, columns=None).schema.names
 
 
-def read_batches(file: InputFile, spec: InputsSpec, columns: list[str]) -> Iterator[RawBatch]:
-    """Stream `columns` of `file` as RawBatches (bounded memory)."""
+def read_all(files: list[InputFile], spec: InputsSpec, columns: list[str],
+             numeric: frozenset[str] = frozenset()) -> Iterator[RawBatch]:
+    """Every file's batches in order, parsed `PREFETCH` batches ahead in a background thread (pyarrow
+    releases the GIL while it parses, so parsing overlaps the caller's work on another core)."""
+    return prefetched((b for f in files for b in read_batches(f, spec, columns, numeric)), PREFETCH)
+
+
+def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
+    """`items` produced by a daemon thread at most `depth` ahead; its exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop, done = threading.Event(), object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True, name="table-reader")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
+
+
+def read_batches(file: InputFile, spec: InputsSpec, columns: list[str],
+                 numeric: frozenset[str] = frozenset()) -> Iterator[RawBatch]:
+    """Stream `columns` of `file` as RawBatches (bounded memory). `numeric`: the columns the spec
+    reads as numbers (JSON lines reads them as float64 whatever its first block looks like)."""
     if file.format == "parquet":
         yield from _parquet_batches(file, columns)
         return
-    first = 0
+    first, pending = 0, []
     with _errors_name(file):
-        reader = _open(file, spec, columns)
-        while True:
+        reader = _open(file, spec, columns, numeric)
+        while True:  # small blocks parse fastest (cache-sized); they are joined into BATCH_ROWS batches
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
-                return
-            if file.format == "jsonl":
-                batch = _project(batch, columns)
-            yield RawBatch(pa.Table.from_batches([batch]), file, first)
-            first += batch.num_rows
+                break
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+                table = _join(pending)
+                yield RawBatch(table, file, first)
+                first, pending = first + table.num_rows, []
+        if pending:
+            yield RawBatch(_join(pending), file, first)
+
+
+def _join(batches: list[pa.RecordBatch]) -> pa.Table:
+    """One table of consecutive blocks; JSON blocks may infer different types (int vs double, null)."""
+    if len({b.schema for b in batches}) == 1:
+        table = pa.Table.from_batches(batches)
+    else:
+        table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
+    return table.combine_chunks()  # one contiguous array per column, joined once for every later use
 
 
 def _parquet_file(file: InputFile) -> pq.ParquetFile:
@@ -141,8 +195,8 @@ def _parquet_batches(file: InputFile, columns: list[str]) -> Iterator[RawBatch]:
     pf = _parquet_file(file)
     for group in range(pf.num_row_groups):
         first = 0
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=columns):
-            yield RawBatch(pa.Table.from_batches([batch]), file, first, group)
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns):
+            yield RawBatch(pa.Table.from_batches([batch]), file, first, group)  # one chunk per column
             first += batch.num_rows
 
 
@@ -155,17 +209,30 @@ def _errors_name(file: InputFile) -> Iterator[None]:
         raise DataError(f"{file.path}: cannot read as {file.format}: {e}") from None
 
 
-def _open(file: InputFile, spec: InputsSpec, columns: Optional[list[str]]):
+def _open(file: InputFile, spec: InputsSpec, columns: Optional[list[str]], numeric: frozenset[str] = frozenset()):
     stream = pa.input_stream(file.path)  # decompresses .gz (detected from the extension)
+    read = pa_json.ReadOptions(block_size=spec.block_bytes)
+    if file.format == "jsonl" and columns is None:
+        return pa_json.open_json(stream, read_options=read)
     if file.format == "jsonl":
-        return pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=spec.block_bytes))
+        parse = pa_json.ParseOptions(explicit_schema=_json_schema(file, spec, columns, numeric),
+                                     unexpected_field_behavior="ignore")
+        return pa_json.open_json(stream, read_options=read, parse_options=parse)
     return pa_csv.open_csv(stream, **_csv_options(file, spec, columns))
 
 
-def _project(batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
-    """JSON has no include_columns: select (a key missing from a whole block is a null column)."""
-    arrays = [batch.column(c) if c in batch.schema.names else pa.nulls(batch.num_rows) for c in columns]
-    return pa.RecordBatch.from_arrays(arrays, names=columns)
+def _json_schema(file: InputFile, spec: InputsSpec, columns: list[str], numeric: frozenset[str]) -> pa.Schema:
+    """The projected columns' types: float64 for numeric ones, else as inferred from the first block
+    (string where it holds only nulls or lacks the key). Pyarrow's streaming JSON reader fixes the
+    types after the first block; an explicit schema lets a later block bring new keys, doubles in
+    a column that began with integers, or values in one that began with nulls."""
+    first = _open(file, spec, None).schema
+    def kind(c: str) -> pa.DataType:
+        if c in numeric:
+            return pa.float64()
+        found = first.field(c).type if c in first.names else pa.null()
+        return pa.string() if pa.types.is_null(found) else found
+    return pa.schema([(c, kind(c)) for c in columns])
 
 
 def _csv_options(file: InputFile, spec: InputsSpec, columns: Optional[list[str]]) -> dict:

@@ -3,9 +3,10 @@
 `files`: a file listed under a split sends all its rows there. `hash` / `time` carve the *pool*
 (every file of a `files` list, or the files listed under `train`) and leave files listed under
 valid/test where they are:
-- hash: draw = top 53 bits of splitmix64(fnv1a64(text of the column) XOR seed) / 2^53 (hashing.py);
-  valid if draw < f_valid, test if draw < f_valid + f_test, else train. The same key always lands in
-  the same split, whatever the file order or machine.
+- hash: draw = top 53 bits of splitmix64(fnv1a64(text of the column) XOR seed) / 2^53 (hashing.py),
+  or of splitmix64(row_id XOR seed) without a key column; valid if draw < f_valid, test if
+  draw < f_valid + f_test, else train. The same key always lands in the same split, whatever the
+  file order or machine.
 - time: train if t < cutoff_valid, valid if cutoff_valid <= t < cutoff_test, else test. Cutoffs are
   numbers (compared with a numeric column) or ISO-8601 dates/times (the column is parsed as
   timestamps; values with a zone offset are compared in UTC).
@@ -36,14 +37,15 @@ def assign_splits(batch: RawBatch, spec: SplitSpec, key_column: str | None, row_
 
 
 def _by_hash(batch: RawBatch, spec: SplitSpec, name: str | None, row_ids: np.ndarray) -> np.ndarray:
-    if name is None:  # no key column: the generated row_id
-        text = pc.cast(pa.array(row_ids), pa.string())
+    if name is None:  # no key column: the generated row_id, an integer that never comes as text
+        hashed = row_ids.astype(np.uint64)
     else:
         text = as_text(column(batch, name))
         nulls = np.flatnonzero(pc.is_null(text).to_numpy(zero_copy_only=False))
         if len(nulls):
             raise bad_value(batch, name, nulls, "the hash split needs a value, got")
-    draw = unit_interval(splitmix64(fnv1a64(text) ^ np.uint64(spec.seed)))
+        hashed = fnv1a64(text)
+    draw = unit_interval(splitmix64(hashed ^ np.uint64(spec.seed)))
     f_valid, f_test = spec.fractions.get("valid", 0.0), spec.fractions.get("test", 0.0)
     return np.where(draw < f_valid, VALID, np.where(draw < f_valid + f_test, TEST, TRAIN)).astype(np.int8)
 

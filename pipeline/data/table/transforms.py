@@ -29,7 +29,7 @@ OOV_ID = 1
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
     """`log1p` step: sign(x) * log(1 + |x|) (log1p itself for x >= 0, and defined for negatives)."""
-    return np.sign(x) * np.log1p(np.abs(x))
+    return np.copysign(np.log1p(np.abs(x)), x)
 
 
 # -- dense ------------------------------------------------------------------------------------------
@@ -110,10 +110,11 @@ class VocabCounter:
         self._merged = 0
         self._pending = 0
 
-    def update(self, values: pa.Array) -> None:
-        counts = pc.value_counts(values.filter(pc.is_valid(values)))
-        part = pa.table({"value": counts.field("values").cast(pa.large_string()),
-                         "count": counts.field("counts")})
+    def update(self, values: pa.Array, counts: np.ndarray) -> None:
+        """Add `counts[i]` occurrences of the distinct non-null text `values[i]`."""
+        seen = counts > 0
+        part = pa.table({"value": values.cast(pa.large_string()).filter(pa.array(seen)),
+                         "count": pa.array(counts[seen].astype(np.int64))})
         self._parts.append(part)
         self._pending += part.num_rows
         if self._pending > max(2 * self._merged, 1 << 16):  # amortised: each value merged O(log) times

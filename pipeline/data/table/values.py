@@ -48,28 +48,37 @@ def as_numbers(batch: RawBatch, name: str, invalid: str = "error") -> tuple[np.n
     """The column as float64 with NaN for nulls; returns (values, count of unparseable values).
 
     invalid "error": text that is no number (or an infinite value) raises DataError naming the
-    line; "null": such values become NaN and are counted.
+    line; "null": such values become NaN and are counted. Text is cast directly (the fast path);
+    only when that fails is it trimmed and matched against a number pattern to find the bad rows.
     """
     values = column(batch, name)
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        values = pc.utf8_trim_whitespace(values)
-        ok = pc.fill_null(pc.match_substring_regex(values, _NUMBER, ignore_case=True), True)
-        bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
-        if len(bad) and invalid == "error":
-            raise bad_value(batch, name, bad, "not a number:")
-        values = pc.if_else(ok, values, pa.scalar(None, pa.string())) if len(bad) else values
-    else:
-        bad = np.zeros(0, np.int64)
+    bad = 0
     try:
-        numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise DataError(f"{batch.file.path}: column {name!r} of type {values.type} is not numeric: {e}") from None
+        numbers = pc.cast(values, pa.float64())
+    except pa.ArrowInvalid:
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            raise DataError(f"{batch.file.path}: column {name!r} of type {values.type} is not numeric") from None
+        numbers, bad = _parse_text(batch, name, pc.utf8_trim_whitespace(values), invalid)
+    except pa.ArrowNotImplementedError:
+        raise DataError(f"{batch.file.path}: column {name!r} of type {values.type} is not numeric") from None
+    numbers = numbers.to_numpy(zero_copy_only=False)
     infinite = np.flatnonzero(np.isinf(numbers))
     if len(infinite):
         if invalid == "error":
             raise bad_value(batch, name, infinite, "infinite value")
         numbers[infinite] = np.nan
-    return numbers, len(bad) + len(infinite)
+    return numbers, bad + len(infinite)
+
+
+def _parse_text(batch: RawBatch, name: str, text: pa.Array, invalid: str) -> tuple[pa.Array, int]:
+    ok = pc.fill_null(pc.match_substring_regex(text, _NUMBER, ignore_case=True), True)
+    bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+    if len(bad) and invalid == "error":
+        raise bad_value(batch, name, bad, "not a number:")
+    try:
+        return pc.cast(pc.if_else(ok, text, pa.scalar(None, text.type)), pa.float64()), len(bad)
+    except pa.ArrowInvalid as e:  # text the pattern accepts but Arrow does not parse
+        raise DataError(f"{batch.file.path}: column {name!r}: {e}") from None
 
 
 def text_lists(batch: RawBatch, name: str, separator: Optional[str]) -> tuple[pa.Array, np.ndarray]:
