@@ -36,9 +36,11 @@ PEERS = {
     "plain-PyTorch AdaTT-sp script": {"income": 0.9471, "never_married": 0.9947, "education": 0.8951, "mean": 0.9456},
     "torch-rechub 0.9.0 MMoE": {"income": 0.9470, "never_married": 0.9947, "education": 0.8939, "mean": 0.9452},
 }
-# Ablation rows: the whole 10-epoch validation curve, and the test split at the best mean validation.
+# Ablation rows: the whole 10-epoch (CURVE15: 15) validation curve, and test at the best mean validation.
 CURVE = ("train.epochs=10", "train.early_stopping.task=mean", "train.early_stopping.patience=10",
          "train.keep_last_checkpoints=11")
+CURVE15 = ("train.epochs=15", "train.early_stopping.task=mean", "train.early_stopping.patience=15",
+           "train.keep_last_checkpoints=16")
 EMB_ADAM = "sharding.default.sharding_types=[data_parallel]"  # tables trained by the dense Adam 1e-3
 
 
@@ -53,9 +55,9 @@ class Row:
     config: str = "configs/census_adatt.yaml"
 
 
-def _on_log1p(factor: str, *overrides: str) -> Row:
+def _on_log1p(factor: str, *overrides: str, curve: tuple[str, ...] = CURVE) -> Row:
     """A second-stage row: one more factor on top of the log1p_zscore features."""
-    return Row(f"log1p_zscore + {factor}", "log1p_zscore", (*CURVE, *overrides), versus="log1p_zscore")
+    return Row(f"log1p_zscore + {factor}", "log1p_zscore", (*curve, *overrides), versus="log1p_zscore")
 
 
 ROWS = {
@@ -66,6 +68,7 @@ ROWS = {
     "log1p_zscore+sparse_lr_0.1": _on_log1p("row-wise Adagrad lr 0.1", "train.sparse_optimizer.lr=0.1"),
     "log1p_zscore+sparse_lr_0.02": _on_log1p("row-wise Adagrad lr 0.02", "train.sparse_optimizer.lr=0.02"),
     "log1p_zscore+cosine": _on_log1p("cosine LR decay to 0 over the 10 epochs", "train.lr_schedule.name=cosine"),
+    "log1p_zscore+15_epochs": _on_log1p("15 epochs (the rules replayed up to 15)", curve=CURVE15),
     "log1p_zscore+emb_dim_16": _on_log1p("embedding dim 16", "model.embedding.dim=16"),
     "log1p_zscore+emb_init_default": _on_log1p("embedding init TorchRec default U(±sqrt(1/n))",
                                                "model.embedding.init=default", "model.embedding.scale=null"),
@@ -97,15 +100,19 @@ RULES = (
     Rule("≤ 10 epochs, stop on mean", 10, "mean"),
     Rule("10 epochs, best mean", 10, "mean", patience=10),
     Rule("10 epochs, last", 10, None),
+    Rule("≤ 15 epochs, stop on mean", 15, "mean"),
+    Rule("15 epochs, best mean", 15, "mean", patience=15),
 )
+REFERENCE = RULES[2]  # the rule the factors are compared under (exact for every row, cosine included)
 
 
-def select(curve: Sequence[dict[str, Any]], rule: Rule) -> tuple[int, dict[str, dict[str, Any]]]:
-    """(epochs trained, the validation {task: metrics} the rule selects) of one run's curve; mirrors
-    the trainer's early stopping (pipeline/train/trainer.py) with EarlyStoppingConfig.score."""
+def select(curve: Sequence[dict[str, Any]], rule: Rule) -> Optional[tuple[int, dict[str, dict[str, Any]]]]:
+    """(epochs trained, the validation {task: metrics} the rule selects) of one run's curve, None when
+    the curve ends before the rule would; mirrors the trainer's early stopping
+    (pipeline/train/trainer.py) with EarlyStoppingConfig.score."""
     points = curve[:rule.max_epochs]
     if rule.watch is None:
-        return len(points), points[-1]["tasks"]
+        return (len(points), points[-1]["tasks"]) if len(points) == rule.max_epochs else None
     es = EarlyStoppingConfig(task=rule.watch, metric="auc", patience=rule.patience)
     best, best_score, bad = None, None, 0
     for epoch, point in enumerate(points, 1):
@@ -116,7 +123,7 @@ def select(curve: Sequence[dict[str, Any]], rule: Rule) -> tuple[int, dict[str, 
             bad += 1
             if bad >= rule.patience:
                 return epoch, best["tasks"]
-    return len(points), best["tasks"]
+    return (len(points), best["tasks"]) if len(points) == rule.max_epochs else None
 
 
 def task_mean(tasks: dict[str, dict[str, Any]], metric: str = "auc") -> float:
@@ -174,7 +181,7 @@ def ablation_lines(records: dict[str, list[dict]]) -> list[str]:
     rows = [n for n in ABLATION if records.get(n)]
     if not rows:
         return []
-    ref = RULES[0]
+    ref = REFERENCE
     means = {n: [task_mean(select(r["valid_curve"], ref)[1]) for r in records[n]] for n in rows}
     lines = ["", f"### Validation AUC per factor (rule: {ref.label}; mean ± std over seeds; Δ and Welch p vs "
              "the row named in `vs`)", "",
@@ -195,6 +202,9 @@ def ablation_lines(records: dict[str, list[dict]]) -> list[str]:
         cells = []
         for rule in RULES:
             picks = [select(r["valid_curve"], rule) for r in records[name]]
+            if None in picks:
+                cells.append("n/a")
+                continue
             epochs = statistics.fmean(e for e, _ in picks)
             cells.append(f"{fmt_row([task_mean(t) for _, t in picks])} [{epochs:.1f}]")
         lines.append(f"| {name} | {' | '.join(cells)} |")

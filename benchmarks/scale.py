@@ -13,8 +13,8 @@ Stages (`--stages`, default all, in this order):
             gradients, torch Adagrad + Adam, the same loader) next to `mtrec train` on 1 process,
             both for --plain-steps steps, over a dataset whose tables are capped at
             --plain-table-rows rows (so that the plain model fits one process)
-  precision fp32 vs bf16 autocast on census (configs/census_adatt.yaml, 1 process, its full
-            recipe) and fp32 / bf16 / fp16 tables on the plain stage's data (1 process)
+  precision fp32 vs bf16 autocast on census (configs/census_adatt.yaml, 1 process, its recipe for
+            --census-epochs epochs) and fp32 / bf16 / fp16 tables on the plain stage's data (1 process)
 Every command runs in its own process tree; peak RSS is each process's VmHWM (sampled from /proc
 every 0.2 s, so a process living < 0.2 s may be missed), CPU seconds are the tree's.
 Timings of phases inside a job come from its logs (train.log / stderr timestamps, metrics.jsonl).
@@ -210,6 +210,23 @@ def score(run_dir: Path, data_glob: str, out: Path, work: Path, nproc: int, rows
             "tasks": {t: {k: m.get(k) for k in ("auc", "ne", "logloss", "mse")} for t, m in report["tasks"].items()}}
 
 
+def repeated(dataset: Path, times: int, work: Path) -> str:
+    """A glob over `times` links to every Parquet file of `dataset` (with its schema.yaml next to
+    them): a scoring log `times` as long without writing it `times` over."""
+    if times == 1:
+        return str(dataset / "*" / "*.parquet")
+    root = work / f"{dataset.name}_x{times}"
+    if root.exists():
+        shutil.rmtree(root)
+    for k in range(times):
+        for f in sorted(dataset.glob("*/*.parquet")):
+            link = root / f"r{k:03d}" / f"{f.parent.name}_{f.name}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f)
+    shutil.copy(dataset / "schema.yaml", root / "schema.yaml")
+    return str(root / "*" / "*.parquet")
+
+
 def plain_loop(config: Path, data: Path, steps: int, batch_size: int) -> dict[str, Any]:
     """examples/s of the same model trained by a plain PyTorch loop (runs in a child process)."""
     import torch
@@ -255,8 +272,9 @@ def precision(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     if not (census / "schema.yaml").is_file():
         run(mtrec("prepare", "census", "--out", str(census)), work / "gen_census.log")
     census_config = REPO / "configs" / "census_adatt.yaml"
+    epochs = [f"train.epochs={args.census_epochs}"]
     for name, extra in (("fp32", []), ("bf16", ["train.precision=bf16"])):
-        out[f"census_{name}"] = train(census, work / f"census_{name}", work, 1, extra, config=census_config)
+        out[f"census_{name}"] = train(census, work / f"census_{name}", work, 1, epochs + extra, config=census_config)
     plain_data = work / "plain_data"
     steps = [f"train.max_steps={args.plain_steps}", "train.checkpoint_every_steps=null",
              "train.validate_every_steps=null", "train.validation_max_batches=5", "train.log_every_steps=10"]
@@ -270,8 +288,11 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--train-rows", type=int, default=2_000_000)
     p.add_argument("--score-rows", type=int, default=2_000_000)
+    p.add_argument("--score-repeats", default="1",
+                   help="score the scoring set's files linked this many times (comma list, e.g. 1,10)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--plain-steps", type=int, default=60)
+    p.add_argument("--census-epochs", type=int, default=8, help="precision stage: census epochs (the recipe's 8)")
     p.add_argument("--plain-table-rows", type=int, default=1_000_000)
     p.add_argument("--stages", default="gen,train,score,plain,precision")
     p.add_argument("--train-overrides", nargs="*", default=[])
@@ -296,16 +317,18 @@ def main() -> None:
     if "train" in stages:
         results["train_2"] = train(train_data, work / "run2", work, 2, overrides)
     if "score" in stages:
-        oracle = json.loads(json.dumps(__import__("yaml").safe_load((score_data / "schema.yaml").read_text())
-                                       ["prep"]["oracle"]))
-        results["oracle_score_test"] = oracle
-        for nproc in (1, 2):
-            budget = ["sharding.per_rank_memory_gb=null"] if nproc == 1 else []  # one process: the whole machine
-            results[f"score_{nproc}"] = score(work / "run2", str(score_data / "*" / "*.parquet"), work / f"eval{nproc}",
-                                              work, nproc, args.score_rows, budget)
-        results["score_max_abs_diff_1_vs_2"] = max(
-            abs(a - b) for task, m1 in results["score_1"]["tasks"].items() for key, a in m1.items()
-            if a is not None and (b := results["score_2"]["tasks"][task][key]) is not None)
+        import yaml
+        results["oracle_train_data_test"] = yaml.safe_load((train_data / "schema.yaml").read_text())["prep"]["oracle"]
+        for repeat in (int(r) for r in args.score_repeats.split(",")):
+            data_glob = repeated(score_data, repeat, work)
+            for nproc in (1, 2):
+                budget = ["sharding.per_rank_memory_gb=null"] if nproc == 1 else []  # one process: the whole machine
+                results[f"score_{nproc}_x{repeat}"] = score(work / "run2", data_glob, work / f"eval{nproc}_x{repeat}",
+                                                            work, nproc, args.score_rows * repeat, budget)
+            one, two = results[f"score_1_x{repeat}"]["tasks"], results[f"score_2_x{repeat}"]["tasks"]
+            results[f"score_max_abs_diff_1_vs_2_x{repeat}"] = max(
+                abs(a - b) for task, m1 in one.items() for key, a in m1.items()
+                if a is not None and (b := two[task][key]) is not None)
     if "plain" in stages:
         plain_data = work / "plain_data"
         rows = max(200_000, 4096 * args.plain_steps * 2)

@@ -124,10 +124,11 @@ def test_ablation_rules_replay_early_stopping(runs):
     by_education = ablation.Rule("edu", 10, "education")
     epochs, chosen = ablation.select(curve, by_education)
     assert epochs == 3 and chosen["education"]["auc"] == 0.88  # 2 validations without improvement: stop
-    epochs, chosen = ablation.select(curve, ablation.Rule("mean", 10, "mean"))
+    epochs, chosen = ablation.select(curve, ablation.Rule("mean", 4, "mean"))
     assert epochs == 4 and chosen["income"]["auc"] == 0.97  # the mean still improves at the end
     assert ablation.select(curve, ablation.Rule("mean, 2 epochs", 2, "mean"))[1]["income"]["auc"] == 0.92
     assert ablation.select(curve, ablation.Rule("last", 3, None)) == (3, curve[2]["tasks"])
+    assert ablation.select(curve, ablation.Rule("mean, 5 epochs", 5, "mean")) is None  # the run ended before
 
 
 def test_ablation_refuses_a_row_redefined_after_its_runs(runs, tmp_path):

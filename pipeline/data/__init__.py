@@ -7,6 +7,7 @@
 - atomic.py          write-to-temp-then-rename helpers for files and directories
 - census.py          `mtrec prepare census`
 - synthetic.py       `mtrec prepare synthetic`
+- criteo_like.py     `mtrec prepare synthetic --preset criteo-like` (the scale workload, known oracle)
 
 Modules are imported directly (nothing is re-exported here) so that `prepare` does not import torch.
 """

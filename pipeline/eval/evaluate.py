@@ -58,15 +58,14 @@ def checkpoint_config(checkpoint: Path, config: Optional[str], overrides: list[s
         if config is None:
             raise CheckpointError(f"{checkpoint}: no {CONFIG_FILE} stored with it or its run; pass --config")
         return load_job_config(config, overrides)
-    stored = load_job_config(stored_path, overrides)
-    if config is None:
-        return stored
-    given = load_job_config(config, overrides)
+    stored = load_job_config(stored_path)
+    given = load_job_config(config if config is not None else stored_path, overrides)
     differing = differing_keys(to_dict(stored.model), to_dict(given.model), "model")
     if differing:
-        raise ConfigError(f"--config {config}: its model differs from the checkpoint's ({stored_path}) at "
-                          f"{', '.join(differing[:8])}{' ...' if len(differing) > 8 else ''}; omit --config to "
-                          "use the checkpoint's")
+        source = f"--config {config}" if config is not None else "the overrides"
+        raise ConfigError(f"{source}: the model differs from the checkpoint's ({stored_path}) at "
+                          f"{', '.join(differing[:8])}{' ...' if len(differing) > 8 else ''}; omit --config and "
+                          "model.* overrides to use the checkpoint's")
     return given
 
 

@@ -272,3 +272,23 @@ def test_peak_arrow_memory_does_not_grow_with_the_file(tmp_path):
         peaks.append(int(proc.stdout.split()[-1]))
         sizes.append((tmp_path / f"{name}.csv").stat().st_size)
     assert peaks[1] < 1.25 * peaks[0] and peaks[1] < sizes[1] / 2, (peaks, sizes)
+
+
+def test_json_lines_whose_blocks_change_types_and_keys(tmp_path):
+    """Integers then doubles in a dense column, nulls then text in a categorical, a key that first
+    appears late: pyarrow's streaming JSON reader fixes types after block 1; the importer's explicit
+    schema does not."""
+    rows = [{"x": i, "c": None, "y": i % 2} for i in range(3000)]
+    rows += [{"x": i + 0.5, "c": f"v{i % 3}", "y": i % 2, "late": 1} for i in range(3000)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"name": "j", "inputs": {"files": ["log.jsonl"], "block_bytes": 4096},
+            "splits": {"method": "hash", "fractions": {"valid": 0.1}},
+            "dense": [{"name": "x"}], "categorical": [{"name": "c"}], "tasks": [{"name": "y", "label": {"column": "y"}}]}
+    prepare_table(write_spec(tmp_path, spec), tmp_path / "ds")
+    schema = DatasetSchema.load(tmp_path / "ds")
+    assert schema.prep["summary"]["rows_read"] == 6000
+    assert schema.prep["summary"]["vocabulary"]["c"]["size"] == 3
+    data = [read_split(tmp_path / "ds", s) for s in ("train", "valid")]
+    x = sorted(v for d in data for v in d["x"])
+    assert x == sorted(list(range(3000)) + [i + 0.5 for i in range(3000)])
+    assert set(data[0]["c"]) == {0, 2, 3, 4}  # null, then v0 v1 v2

@@ -35,7 +35,7 @@ def test_single_process_run_learns_and_writes_its_files(census_dir, tmp_path):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert [p.name for p in complete_checkpoints(run)][-1] == "step_00000060"
-    assert "| income |" in proc.stdout  # the CLI prints the validation table
+    assert "validation: income auc" in proc.stdout  # the CLI prints a one-line validation summary
 
 
 def test_finished_run_continues_with_a_larger_budget(census_dir, trained_2ranks, tmp_path):

@@ -63,7 +63,7 @@ def fit_stats(spec: TableSpec, files: list[InputFile]) -> Fitted:
     classes = np.zeros((2, len(spec.tasks)))  # positives, labelled rows (mask 1) of each task on train
     state = RowState()
     train_files = [f for f in files if f.split in (None, "train")]
-    for batch in read_all(train_files, spec.inputs, spec.fit_columns()):
+    for batch in read_all(train_files, spec.inputs, spec.fit_columns(), spec.numeric_columns()):
         rows = rows_of(batch, spec, state)
         train = rows.keep & (rows.splits == TRAIN)
         for d in spec.dense:

@@ -104,7 +104,7 @@ def write_splits(spec: TableSpec, files: list[InputFile], fitted: Fitted, out: P
     counts = ImportCounts()
     state = RowState()
     with SplitWriters(out, spec) as writers:
-        for batch in read_all(files, spec.inputs, spec.raw_columns()):
+        for batch in read_all(files, spec.inputs, spec.raw_columns(), spec.numeric_columns()):
             rows = rows_of(batch, spec, state)
             counts.rows_read += batch.table.num_rows
             writers.write(encode_batch(batch, rows, spec, fitted, counts), rows.splits[rows.keep])

@@ -287,6 +287,16 @@ class TableSpec:
     def raw_columns(self) -> list[str]:
         return list(self.column_uses())
 
+    def numeric_columns(self) -> frozenset[str]:
+        """Raw columns read as numbers (dense, bucketized, weight, numeric rules, a numeric time split)."""
+        cols = {d.source for d in self.dense} | {c.source for c in self.categorical if c.encoding == "bucketize"}
+        cols |= {r.column for t in self.tasks for r in (t.label, t.mask) if r is not None and not r.is_text}
+        if self.weight:
+            cols.add(self.weight)
+        if self.splits.method == "time" and not any(isinstance(v, str) for v in self.splits.cutoffs.values()):
+            cols.add(self.splits.column)
+        return frozenset(cols)
+
     def fit_columns(self) -> list[str]:
         """The raw columns pass 1 reads: all but those of hash features (which fit nothing)."""
         hashed = {c.source for c in self.categorical if c.encoding == "hash"}
