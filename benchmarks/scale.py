@@ -147,8 +147,9 @@ def gen(out: Path, rows: int, seed: int, work: Path, *extra: str) -> dict[str, A
         shutil.rmtree(out)
     r = run(mtrec("prepare", "synthetic", "--preset", "criteo-like", "--rows", str(rows), "--seed", str(seed),
                   "--out", str(out), *extra), work / f"gen_{out.name}.log")
+    oracle = __import__("yaml").safe_load((out / "schema.yaml").read_text())["prep"]["oracle"]
     return {**r, "rows": rows, "rows_per_s": rows / r["wall_s"], "rows_per_cpu_s": rows / r["cpu_s"],
-            "disk_gb": du_gb(out), "bytes_per_row": du_gb(out) * 1e9 / rows}
+            "disk_gb": du_gb(out), "bytes_per_row": du_gb(out) * 1e9 / rows, "oracle_test": oracle}
 
 
 def train(data: Path, run_dir: Path, work: Path, nproc: int, overrides: list[str],
@@ -178,6 +179,8 @@ def train(data: Path, run_dir: Path, work: Path, nproc: int, overrides: list[str
             "launch_to_process_group_s": started - r["start"], "process_group_to_plan_s": planned - started,
             "plan_to_first_log_s": steps[0]["time"] - planned, "first_log_step": steps[0]["step"],
             "first_log_step_s": steps[0]["step"] * nproc * _batch(overrides, config) / steps[0]["examples_per_s"],
+            "launch_to_first_step_s": steps[0]["time"] - r["start"]
+            - steps[0]["step"] * nproc * _batch(overrides, config) / steps[0]["examples_per_s"],
             "checkpoint_write_s": writes, "checkpoints_written": len(written), "checkpoint_gb": du_gb(latest),
             "plan_summary": next(x for x in plan.splitlines() if x.startswith("plan: ")),
             "rank_table_bytes": next(x for x in plan.splitlines() if x.startswith("per-rank table bytes")),
@@ -201,9 +204,9 @@ def score(run_dir: Path, data_glob: str, out: Path, work: Path, nproc: int, rows
     text = (work / f"{out.name}.log").read_text()
     loaded = log_times(text, r"^loaded checkpoint")
     started = log_times(text, r"^process group")
-    written = log_times(text, r"^report written")
     report = json.loads((out / "report.json").read_text())
-    scoring_s = (written[-1] - loaded[0]) if loaded and written else None
+    written = (out / "report.json").stat().st_mtime  # the report is the job's last write
+    scoring_s = (written - loaded[0]) if loaded else None
     return {**r, "rows": report["rows"], "rows_per_s_end_to_end": report["rows"] / r["wall_s"],
             "rows_per_s_scoring": report["rows"] / scoring_s if scoring_s else None, "scoring_s": scoring_s,
             "start_to_loaded_s": (loaded[0] - started[0]) if loaded and started else None,
@@ -289,7 +292,8 @@ def main() -> None:
     p.add_argument("--train-rows", type=int, default=2_000_000)
     p.add_argument("--score-rows", type=int, default=2_000_000)
     p.add_argument("--score-repeats", default="1",
-                   help="score the scoring set's files linked this many times (comma list, e.g. 1,10)")
+                   help="score the scoring set's files linked this many times (comma list, e.g. 1,10; "
+                        "1 and 2 processes for the first, 2 for the others)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--plain-steps", type=int, default=60)
     p.add_argument("--census-epochs", type=int, default=8, help="precision stage: census epochs (the recipe's 8)")
@@ -311,24 +315,25 @@ def main() -> None:
     valid_test = 0.1  # the preset's valid + test fractions
     if "gen" in stages:
         results["gen_train"] = gen(train_data, math.ceil(args.train_rows / (1 - valid_test)), 0, work)
-        results["gen_score"] = gen(score_data, args.score_rows, 1, work)
+        results["gen_score"] = gen(score_data, args.score_rows, 0, work, "--sample", "1")  # same model, other rows
+    # a train line exactly at each checkpoint step: the checkpoint's write time is the gap to its log line
     overrides = [f"train.checkpoint_every_steps={args.checkpoint_every}", "train.validate_every_steps=null",
-                 *args.train_overrides]
+                 f"train.log_every_steps={args.checkpoint_every}", *args.train_overrides]
     if "train" in stages:
         results["train_2"] = train(train_data, work / "run2", work, 2, overrides)
     if "score" in stages:
-        import yaml
-        results["oracle_train_data_test"] = yaml.safe_load((train_data / "schema.yaml").read_text())["prep"]["oracle"]
-        for repeat in (int(r) for r in args.score_repeats.split(",")):
+        repeats = [int(r) for r in args.score_repeats.split(",")]
+        for repeat in repeats:
             data_glob = repeated(score_data, repeat, work)
-            for nproc in (1, 2):
+            for nproc in (1, 2) if repeat == repeats[0] else (2,):  # longer logs: 2 processes only
                 budget = ["sharding.per_rank_memory_gb=null"] if nproc == 1 else []  # one process: the whole machine
                 results[f"score_{nproc}_x{repeat}"] = score(work / "run2", data_glob, work / f"eval{nproc}_x{repeat}",
                                                             work, nproc, args.score_rows * repeat, budget)
-            one, two = results[f"score_1_x{repeat}"]["tasks"], results[f"score_2_x{repeat}"]["tasks"]
-            results[f"score_max_abs_diff_1_vs_2_x{repeat}"] = max(
-                abs(a - b) for task, m1 in one.items() for key, a in m1.items()
-                if a is not None and (b := two[task][key]) is not None)
+            if repeat == repeats[0]:
+                one, two = results[f"score_1_x{repeat}"]["tasks"], results[f"score_2_x{repeat}"]["tasks"]
+                results[f"score_max_abs_diff_1_vs_2_x{repeat}"] = max(
+                    abs(a - b) for task, m1 in one.items() for key, a in m1.items()
+                    if a is not None and (b := two[task][key]) is not None)
     if "plain" in stages:
         plain_data = work / "plain_data"
         rows = max(200_000, 4096 * args.plain_steps * 2)

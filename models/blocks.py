@@ -105,8 +105,11 @@ class _AutocastState(NamedTuple):
 
 
 def _autocast_state(x: torch.Tensor) -> _AutocastState:
-    """The autocast state of x's device type when a custom Function's forward runs."""
+    """The autocast state of x's device type when a custom Function's forward runs (off for devices
+    without autocast, e.g. meta)."""
     device_type = x.device.type
+    if not torch.amp.is_autocast_available(device_type):
+        return _AutocastState("cpu", False, torch.bfloat16)
     return _AutocastState(device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
 
 

@@ -36,8 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--preset", choices=["criteo-like"], default=None,
                    help="criteo-like: 13 counters, 26 Zipf id features (tables up to 10M rows), 3 id lists, tasks "
                         "click / conversion / dwell with a known oracle (docs/BENCHMARKS.md \"Scale\"); uses --rows, --seed, "
-                        "--embedding-dim, --max-table-rows only")
+                        "--sample, --embedding-dim, --max-table-rows only")
     s.add_argument("--embedding-dim", type=int, default=16, help="criteo-like: dim of every table")
+    s.add_argument("--sample", type=int, default=0,
+                   help="criteo-like: another draw of rows from the model of --seed (e.g. a scoring log; same oracle)")
     s.add_argument("--max-table-rows", type=int, default=10_000_000,
                    help="criteo-like: table rows = min(raw cardinality, this)")
     s.add_argument("--tasks", type=int, default=2, help="number of binary tasks")
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.preset == "criteo-like":
         from pipeline.data.criteo_like import CriteoLikeSpec, prepare_criteo_like
 
-        spec = CriteoLikeSpec(rows=args.rows, seed=args.seed, embedding_dim=args.embedding_dim,
+        spec = CriteoLikeSpec(rows=args.rows, seed=args.seed, sample=args.sample, embedding_dim=args.embedding_dim,
                               max_table_rows=args.max_table_rows)
         summary = prepare_criteo_like(spec, out=args.out, overwrite=args.overwrite)
     else:

@@ -37,8 +37,9 @@ same metric code as `mtrec evaluate` and stored in schema.yaml `prep.oracle`: th
 model can reach on this test split.
 
 On disk: ids int64 (the contract), labels int8, dwell float32, zstd. Streaming and determinism as
-the MMoE generator (pipeline/data/synthetic.py): SeedSequence(seed).spawn(1 + n_chunks), child 0
-for the geometry and the calibration sample, child 1+j for chunk j; memory is one chunk.
+the MMoE generator (pipeline/data/synthetic.py): child 0 of SeedSequence(seed) draws the geometry
+and the calibration sample, child 1+j chunk j (its child `sample` when sample > 0: other rows
+from the same model, e.g. a scoring log); memory is one chunk.
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ class CriteoLikeSpec:
     """Everything that determines a criteo-like dataset (the data depend on nothing else)."""
 
     rows: int
-    seed: int = 0
+    seed: int = 0  # the generating model (geometry, calibration) and, with `sample`, the rows
+    sample: int = 0  # another draw of rows from the same model (e.g. a scoring log): same oracle
     categorical_cardinalities: tuple[int, ...] = CRITEO_LIKE_CARDINALITIES
     multi_hot_cardinalities: tuple[int, ...] = (20_000_000, 2_000_000, 10_000)
     multi_hot_lengths: tuple[float, ...] = (6.0, 3.0, 2.0)
@@ -117,6 +119,8 @@ class CriteoLikeSpec:
             problems.append("multi_hot_cardinalities (each >= 1) and multi_hot_lengths need the same length")
         if not 0 < self.click_rate < 1 or not 0 < self.conversion_rate < 1:
             problems.append("click_rate and conversion_rate must be in (0, 1)")
+        if self.sample < 0:
+            problems.append("sample must be >= 0")
         if not -1 <= self.task_correlation <= 1 or self.max_table_rows < 1 or self.embedding_dim < 1:
             problems.append("need task_correlation in [-1, 1], max_table_rows >= 1, embedding_dim >= 1")
         if self.valid_fraction < 0 or self.test_fraction <= 0 or self.valid_fraction + self.test_fraction >= 1:
@@ -192,8 +196,7 @@ class CriteoLikeGenerator:
     def __init__(self, spec: CriteoLikeSpec) -> None:
         spec.validate()
         self.spec = spec
-        self._streams = np.random.SeedSequence(spec.seed).spawn(1 + spec.num_chunks)
-        rng = np.random.default_rng(self._streams[0])
+        rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,)))
         features = len(spec.categorical_cardinalities) + len(spec.multi_hot_cardinalities)
         geo = Geometry(
             dense_weights=rng.standard_normal((3, len(DENSE_MU))) * (spec.dense_scale / math.sqrt(len(DENSE_MU))),
@@ -215,7 +218,9 @@ class CriteoLikeGenerator:
     # -- drawing -------------------------------------------------------------------------------------
     def chunk(self, j: int) -> Chunk:
         rows = min(self.spec.chunk_rows, self.spec.rows - j * self.spec.chunk_rows)
-        return self._draw(np.random.default_rng(self._streams[1 + j]), rows, with_labels=True)
+        key = (1 + j,) if self.spec.sample == 0 else (1 + j, self.spec.sample)
+        return self._draw(np.random.default_rng(np.random.SeedSequence(self.spec.seed, spawn_key=key)), rows,
+                          with_labels=True)
 
     def _draw(self, rng: np.random.Generator, rows: int, with_labels: bool) -> Chunk:
         """Dense, categorical, multi-hot, then the label noise (fixed order)."""

@@ -45,6 +45,11 @@ def test_chunks_are_reproducible_on_their_own():
     for field in ("categorical", "click", "dense"):
         assert np.array_equal(getattr(a.chunk(2), field), getattr(b.chunk(2), field))
     assert not np.array_equal(a.chunk(1).categorical, a.chunk(2).categorical)
+    # another sample: other rows from the same generating model (a scoring log with the same oracle)
+    other = CriteoLikeGenerator(CriteoLikeSpec(rows=20_000, seed=3, sample=1, **SMALL))
+    assert other.geometry.click_bias == a.geometry.click_bias
+    assert np.array_equal(other.geometry.categorical_weights, a.geometry.categorical_weights)
+    assert not np.array_equal(other.chunk(2).categorical, a.chunk(2).categorical)
 
 
 def test_written_dataset_is_compact_and_reads_back(tmp_path):

@@ -245,9 +245,9 @@ print(pa.default_memory_pool().max_memory())
 
 
 def test_peak_arrow_memory_does_not_grow_with_the_file(tmp_path):
-    """Streaming: a 48 MB and a 96 MB CSV are imported with the same peak Arrow memory, well below
-    the file size (pyarrow's CSV reader reads ~36 blocks ahead, then a few batches are in flight;
-    docs/BENCHMARKS.md measures the process RSS from 1M to 10M rows)."""
+    """Streaming: a 96 MB and a 192 MB CSV are imported with about the same peak Arrow memory, well
+    below the file size (pyarrow's CSV reader reads up to ~36 blocks ahead, then a few batches are
+    in flight; docs/BENCHMARKS.md measures the process RSS from 1M to 10M rows)."""
     import subprocess
     import sys
 
@@ -259,9 +259,11 @@ def test_peak_arrow_memory_does_not_grow_with_the_file(tmp_path):
                       "y": (rng.random(rows) < 0.3).astype(np.int8), "note": pa.array(["n" * 450] * rows)})
     pa.csv.write_csv(table, tmp_path / "one.csv")
     text = (tmp_path / "one.csv").read_bytes()
-    (tmp_path / "two.csv").write_bytes(text + text[text.index(b"\n") + 1:])  # the rows twice
+    body = text[text.index(b"\n") + 1:]
+    (tmp_path / "two.csv").write_bytes(text + body)  # the rows twice
+    (tmp_path / "four.csv").write_bytes(text + 3 * body)
     peaks, sizes = [], []
-    for name in ("one", "two"):
+    for name in ("two", "four"):
         spec = {"name": "m", "inputs": {"files": [f"{name}.csv"]},
                 "splits": {"method": "hash", "fractions": {"valid": 0.1}},
                 "dense": [{"name": "x", "transform": ["zscore"]}], "categorical": [{"name": "id"}],
@@ -271,7 +273,7 @@ def test_peak_arrow_memory_does_not_grow_with_the_file(tmp_path):
         assert proc.returncode == 0, proc.stderr
         peaks.append(int(proc.stdout.split()[-1]))
         sizes.append((tmp_path / f"{name}.csv").stat().st_size)
-    assert peaks[1] < 1.25 * peaks[0] and peaks[1] < sizes[1] / 2, (peaks, sizes)
+    assert peaks[1] < 1.3 * peaks[0] and peaks[1] < 0.4 * sizes[1], (peaks, sizes)
 
 
 def test_json_lines_whose_blocks_change_types_and_keys(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import load_job_config
 from pipeline.data.schema import DatasetSchema
 from pipeline.runtime.checkpoint import complete_checkpoints
 from pipeline.train.data_position import StreamSettings, consumed_keys, train_stream
@@ -86,13 +87,14 @@ def test_best_checkpoint_is_kept_and_scored_by_default(trained, census_dir, tmp_
     run = trained[2, "table_wise"]
     summary = json.loads((run / "summary.json").read_text())
     best_meta = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
-    assert best_meta["step"] == summary["best_step"] and best_meta["watched"]["task"] == "education"
+    watched = load_job_config(CONFIG).train.watched
+    assert best_meta["step"] == summary["best_step"] and best_meta["watched"]["task"] == watched.task
     proc = mtrec("evaluate", "--checkpoint", str(run), "--data", str(census_dir / "test"), "--out",
                  str(tmp_path / "best"))
     report = json.loads((tmp_path / "best" / "report.json").read_text())
     assert report["best"] and report["step"] == summary["best_step"]
     assert report["validation_metric"]["value"] == pytest.approx(best_meta["watched"]["value"])
-    assert f"step {summary['best_step']}, best validation education auc" in proc.stdout
+    assert f"step {summary['best_step']}, best validation {watched.task} {watched.metric}" in proc.stdout
     mtrec("evaluate", "--checkpoint", str(run / "checkpoints" / "latest"), "--data", str(census_dir / "test"),
           "--out", str(tmp_path / "latest"))
     assert json.loads((tmp_path / "latest" / "report.json").read_text())["step"] == 20
