@@ -272,11 +272,11 @@ def precision(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     1 process) and on the criteo-like plain-loop data (1 process, --plain-steps steps)."""
     out: dict[str, Any] = {}
     census = work / "census"
-    if not (census / "schema.yaml").is_file():
+    if args.census_epochs and not (census / "schema.yaml").is_file():
         run(mtrec("prepare", "census", "--out", str(census)), work / "gen_census.log")
     census_config = REPO / "configs" / "census_adatt.yaml"
     epochs = [f"train.epochs={args.census_epochs}"]
-    for name, extra in (("fp32", []), ("bf16", ["train.precision=bf16"])):
+    for name, extra in (("fp32", []), ("bf16", ["train.precision=bf16"])) if args.census_epochs else ():
         out[f"census_{name}"] = train(census, work / f"census_{name}", work, 1, epochs + extra, config=census_config)
     plain_data = work / "plain_data"
     steps = [f"train.max_steps={args.plain_steps}", "train.checkpoint_every_steps=null",
@@ -296,7 +296,7 @@ def main() -> None:
                         "1 and 2 processes for the first, 2 for the others)")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--plain-steps", type=int, default=60)
-    p.add_argument("--census-epochs", type=int, default=8, help="precision stage: census epochs (the recipe's 8)")
+    p.add_argument("--census-epochs", type=int, default=8, help="precision stage: census epochs (the recipe's 8; 0 = skip census)")
     p.add_argument("--plain-table-rows", type=int, default=1_000_000)
     p.add_argument("--stages", default="gen,train,score,plain,precision")
     p.add_argument("--train-overrides", nargs="*", default=[])

@@ -19,13 +19,19 @@ OWN_LOGGERS = ("pipeline", "models", "mtrec")
 
 # Known-benign messages of the libraries we run, silenced by their exact text (anything else still
 # shows). Each one was checked and says nothing the user can or should act on:
-BENIGN_LOG_RECORDS: tuple[tuple[str, str], ...] = (  # (logger name, message)
+BENIGN_LOG_RECORDS: tuple[tuple[str, str], ...] = (  # (logger name, regular expression of the whole message)
     # torch.fx: printed once per process (every rank and every DataLoader worker) because TorchRec
     # calls the deprecated is_fx_tracing(); nothing traces here.
-    ("torch.fx._symbolic_trace",
-     "is_fx_tracing will return true for both fx.symbolic_trace and torch.export. Please use "
-     "is_fx_tracing_symbolic_tracing() for specifically fx.symbolic_trace or torch.compiler.is_compiling() "
-     "for specifically torch.export/compile."),
+    ("torch.fx._symbolic_trace", re.escape(
+        "is_fx_tracing will return true for both fx.symbolic_trace and torch.export. Please use "
+        "is_fx_tracing_symbolic_tracing() for specifically fx.symbolic_trace or torch.compiler.is_compiling() "
+        "for specifically torch.export/compile.")),
+    # TorchRec's planner checks every table's shard placement; a data-parallel table is replicated,
+    # has no shards by design, and is logged once per table and rank at every plan.
+    ("root", r"Sharding spec not found for sparse_arch\.ebc\.t_\w+"),
+    # TorchRec warns for every data-parallel table that UVM-caching parameters do not apply to it;
+    # mtrec sets none.
+    ("torchrec.distributed.utils", re.escape("Sharding Type is data_parallel, caching params will be ignored")),
 )
 BENIGN_WARNINGS: tuple[str, ...] = (  # the start of a Python warning's message
     # TorchRec's DistributedModelParallel builds its DDP with broadcast_buffers=False, an argument
@@ -34,18 +40,22 @@ BENIGN_WARNINGS: tuple[str, ...] = (  # the start of a Python warning's message
     # torch.distributed.checkpoint planning over TorchRec's sharded tables, which TorchRec still
     # keeps as ShardedTensor (its choice, not ours): twice per rank at every checkpoint load.
     "Please use DTensor instead and we are deprecating ShardedTensor.",
+    # fbgemm's CPU lookup for data-parallel tables computes its backward inside its CPU kernel, which
+    # torch 2.13's autograd flags at every backward; the gradient is right (tests/train/test_optimizer.py
+    # compares it with nn.EmbeddingBag's).
+    "fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not registered",
 )
 
 
 class _Drop(logging.Filter):
-    """Drops the records of one logger whose message is exactly `message`."""
+    """Drops the records of one logger whose whole message matches `pattern`."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, pattern: str) -> None:
         super().__init__()
-        self.message = message
+        self.pattern = re.compile(pattern)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != self.message
+        return self.pattern.fullmatch(record.getMessage()) is None
 
 
 class _Console(logging.Filter):
@@ -80,8 +90,8 @@ def setup_logging(verbose: bool, rank: int) -> None:
 
 
 def _silence_benign() -> None:
-    for name, message in BENIGN_LOG_RECORDS:
-        logging.getLogger(name).addFilter(_Drop(message))
+    for name, pattern in BENIGN_LOG_RECORDS:
+        logging.getLogger(name).addFilter(_Drop(pattern))
     for message in BENIGN_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message))
 

@@ -8,8 +8,8 @@ Layout of RUN/checkpoints/:
 - `best/`: the checkpoint with the best validation score so far (hard links to the step's files),
   replaced atomically whenever the score improves.
 
-Writes go to `<name>.tmp/`; after every rank has finished, rank 0 records every file's size and
-sha256 in meta.json, writes the marker and renames the directory, so a crash mid-write leaves only
+Writes go to `<name>.tmp/`; after every rank has finished, the ranks hash shares of the files and
+rank 0 records every file's size and sha256 in meta.json, writes the marker and renames the directory, so a crash mid-write leaves only
 a `.tmp` directory that loaders never pick up, and a truncated or altered file is refused on load
 with its name. Loading never unpickles: DCP plus `torch.load(weights_only=True)` for the RNG
 tensors, JSON/YAML for the rest.
@@ -48,7 +48,6 @@ BEST = "best"
 LATEST = "latest"  # not a directory: `RUN/checkpoints/latest` names the newest complete step
 CONFIG_FILE = "config.yaml"
 _PREFIX = "step_"
-_HASH_CHUNK = 1 << 22
 
 Which = Literal["best", "latest"]
 
@@ -136,16 +135,21 @@ def _state(model: nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> dict
     return state
 
 
-def _file_digests(directory: Path) -> dict[str, dict[str, Any]]:
-    """name -> {bytes, sha256} of every file in `directory`."""
-    digests = {}
-    for f in sorted(p for p in directory.iterdir() if p.is_file()):
-        h = hashlib.sha256()
+def _digest(f: Path) -> dict[str, Any]:
+    try:
         with open(f, "rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                h.update(chunk)
-        digests[f.name] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
-    return digests
+            return {"bytes": f.stat().st_size, "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
+    except OSError as e:
+        return {"bytes": -1, "sha256": None, "error": str(e)}
+
+
+def _file_digests(directory: Path, ctx: DistContext) -> dict[str, dict[str, Any]]:
+    """Collective: name -> {bytes, sha256} of every file in `directory`. Hashing a few GB takes
+    tens of seconds, so the ranks split the files (largest first, dealt round-robin) and gather the
+    digests: the time stays that of one rank's share, whatever the world size."""
+    files = sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: (-p.stat().st_size, p.name))
+    mine = {f.name: _digest(f) for f in files[ctx.rank::ctx.world_size]}
+    return dict(sorted((name, d) for part in gather_objects(mine, ctx) for name, d in part.items()))
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -163,14 +167,15 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     barrier()
     dcp.save(_state(model, optimizer), checkpoint_id=str(tmp))
     torch.save({"torch": torch.get_rng_state()}, tmp / f"rng_rank{ctx.rank}.pt")
-    barrier()
     if ctx.is_main:
         (tmp / "plan.txt").write_text(plan_text + "\n")
         for name, text in run_files.items():
             (tmp / name).write_text(text)
+    barrier()
+    digests = _file_digests(tmp, ctx)  # everything above; meta.json and the marker are not data
+    if ctx.is_main:
         full_meta = {"format": FORMAT, "step": step, "world_size": ctx.world_size,
-                     "model_fingerprint": model_fingerprint(model), **meta}
-        full_meta["files"] = _file_digests(tmp)  # everything above; meta.json and the marker are not data
+                     "model_fingerprint": model_fingerprint(model), **meta, "files": digests}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
         (tmp / MARKER).write_text("")
         swap_in(tmp, final)  # re-saving a step keeps the old copy complete until the new one is in place
@@ -211,8 +216,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def verify_files(path: Path, meta: dict[str, Any]) -> None:
-    """Every file meta.json lists has its recorded size and sha256, and no DCP data file is unlisted."""
+def verify_files(path: Path, meta: dict[str, Any], ctx: DistContext) -> None:
+    """Collective: every file meta.json lists has its recorded size and sha256, and no DCP data file
+    is unlisted. Every rank reaches the same verdict (the digests are gathered)."""
     listed = meta.get("files")
     if listed is None:
         raise CheckpointError(f"{path}: meta.json has no file list (written by an older mtrec); "
@@ -220,21 +226,18 @@ def verify_files(path: Path, meta: dict[str, Any]) -> None:
     unlisted = sorted(p.name for p in path.iterdir() if p.suffix == ".distcp" and p.name not in listed)
     if unlisted:
         raise CheckpointError(f"{path}: data file(s) {unlisted} are not in meta.json's file list")
-    actual = _file_digests(path)
+    actual = _file_digests(path, ctx)
     for name, want in sorted(listed.items()):
         got = actual.get(name)
         if got is None:
             raise CheckpointError(f"{path / name}: missing from the checkpoint")
+        if "error" in got:
+            raise CheckpointError(f"{path / name}: unreadable ({got['error']})")
         if got["bytes"] != want["bytes"]:
             raise CheckpointError(f"{path / name}: {got['bytes']} bytes, meta.json records {want['bytes']} "
                                   "(truncated or altered)")
         if got["sha256"] != want["sha256"]:
             raise CheckpointError(f"{path / name}: sha256 differs from meta.json (altered or corrupt)")
-
-
-def _agreed(error: Optional[str], ctx: DistContext) -> Optional[str]:
-    """The first rank's error message, on every rank (None when no rank failed)."""
-    return next((e for e in gather_objects(error, ctx) if e is not None), None)
 
 
 def check_keys(path: Path, saved: dict[str, tuple[int, ...]], wanted: dict[str, tuple[int, ...]],
@@ -265,18 +268,10 @@ def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer],
                     ctx: DistContext, plan_text: Optional[str] = None) -> dict[str, Any]:
     """Collective. Restore the model (+ optimiser and RNG when `optimizer` is given, i.e. resuming)
-    onto this job's world size and plan; files are verified against meta.json first (rank 0 hashes,
-    every rank gets its verdict)."""
+    onto this job's world size and plan; files are verified against meta.json first (the ranks share the
+    hashing, all reach the same verdict)."""
     meta = read_meta(path)
-    error = None
-    if ctx.is_main:
-        try:
-            verify_files(path, meta)
-        except CheckpointError as e:
-            error = str(e)
-    error = _agreed(error, ctx)
-    if error:
-        raise CheckpointError(error)
+    verify_files(path, meta, ctx)
     state = _state(model, optimizer)
     saved = saved_shapes(path)
     hint = "; check --config against the run's config.yaml (the model differs)"

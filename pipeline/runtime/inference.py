@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -45,6 +46,21 @@ def eval_batches(schema: DatasetSchema, paths: list[str], ctx: DistContext, *, b
                        max_steps=max_steps)
 
 
+def _wait_until_gone(thread: threading.Thread) -> None:
+    """Block until `thread` has exited and CPython has deleted its thread state.
+
+    A thread still exiting when the next epoch's DataLoader forks its workers can leave the child
+    hung inside os.fork() (seen: a 2-rank census run stalled for good after a validation). Thread.join()
+    cannot be used: TorchRec's DataLoadingThread shadows Thread._stop() with a bool flag, which
+    join() calls. CPython releases `_tstate_lock` once the thread's state is deleted, which is what
+    join() itself waits on.
+    """
+    lock = getattr(thread, "_tstate_lock", None)
+    if lock is not None:
+        lock.acquire()
+        lock.release()
+
+
 def run_inference(model: torch.nn.Module, batches: Iterator[MultiTaskBatch], ctx: DistContext,
                   on_outputs: OutputsFn) -> int:
     """Forward every batch without gradients, calling `on_outputs(outputs)` for each; returns steps.
@@ -66,6 +82,9 @@ def run_inference(model: torch.nn.Module, batches: Iterator[MultiTaskBatch], ctx
             on_outputs(outputs)
             steps += 1
     pipeline.detach()  # restore the EBC's own forward for whoever uses the model next
-    pipeline.reset()
+    loading_thread = pipeline._batch_loader  # TorchRec keeps its batch-copy thread private
+    pipeline.reset()  # asks that thread to stop, but does not wait for it
+    if loading_thread is not None:
+        _wait_until_gone(loading_thread)
     model.train(was_training)
     return steps

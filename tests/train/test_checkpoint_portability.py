@@ -25,10 +25,11 @@ from tests.conftest import REPO, mtrec
 
 pytestmark = pytest.mark.slow
 
-CONFIG = str(REPO / "configs" / "census_adatt.yaml")  # the shipped config and its sharding settings
+CONFIG = str(REPO / "configs" / "census_adatt.yaml")  # the shipped config; each test names its plan
 SMALL = ["train.max_steps=20", "train.validate_every_steps=10", "train.validation_max_batches=2",
          "train.checkpoint_every_steps=10", "train.keep_last_checkpoints=5", "train.log_every_steps=10"]
-PLANS = {"table_wise": [], "column_wise": ["sharding.default.sharding_types=[column_wise]"],
+PLANS = {"table_wise": ["sharding.default.sharding_types=[table_wise]"],
+         "column_wise": ["sharding.default.sharding_types=[column_wise]"],
          "data_parallel": ["sharding.default.sharding_types=[data_parallel]"]}
 TRAINED = [(1, "table_wise"), (2, "table_wise"), (1, "column_wise"), (2, "column_wise"), (2, "data_parallel")]
 # How each checkpoint is scored besides its training world size and plan: (world size, plan).
@@ -159,9 +160,9 @@ def _probe(run: Path, config_args: list[str], nproc: int) -> dict:
 @pytest.mark.parametrize("saved,resumed", [(2, 1), (1, 2)])
 def test_elastic_resume_restores_every_tensor_and_finishes(census_dir, tmp_path, saved, resumed):
     run = tmp_path / "run"
-    common = ["--config", CONFIG, "--data", str(census_dir), "--out", str(run), *SMALL[1:]]
+    common = ["--config", CONFIG, "--data", str(census_dir), "--out", str(run), *SMALL[1:], *PLANS["table_wise"]]
     mtrec("train", *common, "--max-steps", "10", nproc=saved)
-    probe = _probe(run, [CONFIG, str(census_dir)], resumed)
+    probe = _probe(run, [str(run / "config.yaml"), str(census_dir)], resumed)  # the plan it was trained with
     assert probe["checked"] > 40 and probe["max_abs_diff"] == 0.0, probe
     assert probe["optimizer_tensors"] > 0, probe  # row-wise Adagrad accumulators and Adam moments
     mtrec("train", *common, "--max-steps", "25", nproc=resumed)
@@ -175,7 +176,7 @@ def test_elastic_resume_restores_every_tensor_and_finishes(census_dir, tmp_path,
 def test_resume_across_incompatible_optimizer_layouts_is_refused(census_dir, tmp_path):
     run = tmp_path / "run"
     common = ["--config", CONFIG, "--data", str(census_dir), "--out", str(run), *SMALL[1:]]
-    mtrec("train", *common, "--max-steps", "10", nproc=2)
+    mtrec("train", *common, "--max-steps", "10", *PLANS["table_wise"], nproc=2)
     proc = mtrec("train", *common, "--max-steps", "20", *PLANS["data_parallel"], check=False)
     assert proc.returncode == 2 and "optim state does not match" in proc.stderr, proc.stderr
     assert "2 rank(s)" in proc.stderr and "1 rank(s)" in proc.stderr and "--init-from" in proc.stderr

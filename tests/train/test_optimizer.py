@@ -35,10 +35,11 @@ def _batch(rows: int = 8) -> MultiTaskBatch:
                           weights=torch.ones(rows))
 
 
+_MODEL = {"backbone": {"type": "mmoe", "num_experts": 2, "expert_out_dims": [[8]]}, "tower_mlp": [4]}
+
+
 def _setup(ctx, sharding_type: str, grad_clip=None):
-    model = build_model(from_dict(ModelConfig, {"backbone": {"type": "mmoe", "num_experts": 2,
-                                                            "expert_out_dims": [[8]]}, "tower_mlp": [4]}),
-                        INPUTS, ebc_device="meta")
+    model = build_model(from_dict(ModelConfig, _MODEL), INPUTS, ebc_device="meta")
     cfg = TrainConfig(grad_clip_norm=grad_clip)
     fuse_sparse_optimizer(model.sparse_arch.ebc, cfg.sparse_optimizer)
     sharding = ShardingConfig(default=TableShardingConfig(sharding_types=(sharding_type,)))
@@ -79,6 +80,23 @@ def test_data_parallel_tables_are_trained_by_the_dense_optimizer(ctx):
     before = _table(dmp).clone()
     _step(dmp, opt)
     assert not torch.equal(_table(dmp), before)
+
+
+def test_data_parallel_table_gradient_equals_nn_embedding_bag(ctx):
+    """fbgemm's CPU lookup for replicated tables computes its own backward (torch flags it with an
+    autograd warning that pipeline/cli/logs.py silences): the gradient must still be the plain one."""
+    dmp, _ = _setup(ctx, "data_parallel")
+    reference = build_model(from_dict(ModelConfig, _MODEL), INPUTS, ebc_device="cpu")
+    reference.load_state_dict({k: v.detach().clone() for k, v in dmp.state_dict().items()})
+    for model in (dmp, reference):
+        model.zero_grad()
+        model(_batch())[0].backward()
+    grads = {n.replace("_dmp_wrapped_module.", "").replace("module.", ""): p.grad
+             for n, p in dmp.named_parameters() if n.endswith("embedding_bags.t_a.weight")}
+    (got,) = grads.values()
+    want = reference.sparse_arch.ebc.embedding_bags["t_a"].weight.grad
+    assert want is not None and want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 COSINE = LRScheduleConfig(name="cosine", warmup_steps=2, min_factor=0.1)
