@@ -320,6 +320,13 @@ def test_progress_is_a_log_line_per_tenth_when_not_on_a_terminal(caplog):
     assert [line.split(",")[0] for line in lines] == [f"train: step {n}/100 ({n}%)" for n in (*range(20, 91, 10), 95)]
     assert lines[-1].startswith("train: step 95/100 (95%), loss 0.5000")
     caplog.clear()
+    longer = ProgressBar(100, min_s=3600)
+    longer.set_total(106)  # a later epoch turned out longer: the final line counts against the new total
+    for _ in range(106):
+        longer.update()
+    longer.close()
+    assert caplog.records[-1].getMessage().startswith("train: step 106/106 (100%)")
+    caplog.clear()
     quiet = ProgressBar(100, min_s=3600)  # a tenth in less than min_s: only the final line
     for _ in range(100):
         quiet.update()

@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from pipeline.runtime.atomic import fsync_dir, swap_in
+from pipeline.runtime.interrupts import interrupts_deferred
 from pipeline.runtime.distributed import DistContext, barrier, gather_objects
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,15 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
                     meta: dict[str, Any], plan_text: str, run_files: dict[str, str], ctx: DistContext,
                     keep_last: int, best: bool = False) -> Path:
     """Collective: every rank calls it. `run_files` (name -> text, e.g. config.yaml, schema.yaml) are
-    stored with the checkpoint. `best` also makes it RUN/checkpoints/best. Returns the step directory."""
+    stored with the checkpoint. `best` also makes it RUN/checkpoints/best. Returns the step directory.
+    A Ctrl-C during the write takes effect once the checkpoint is complete (runtime/interrupts.py)."""
+    with interrupts_deferred(f"the checkpoint of step {step}"):
+        return _write_checkpoint(run_dir, step, model, optimizer, meta, plan_text, run_files, ctx, keep_last, best)
+
+
+def _write_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      meta: dict[str, Any], plan_text: str, run_files: dict[str, str], ctx: DistContext,
+                      keep_last: int, best: bool) -> Path:
     root = checkpoints_root(run_dir)
     final = root / f"{_PREFIX}{step:08d}"
     tmp = root / f"{final.name}.tmp"

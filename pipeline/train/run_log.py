@@ -81,6 +81,13 @@ class ProgressBar:
             if waited >= self._max_s or (waited >= self._min_s and self.n - self._logged_n >= self._tenth):
                 self._log()
 
+    def set_total(self, total: int) -> None:
+        """A better estimate of the run's length (an epoch's step count is known when it starts)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
     def set_postfix(self, **values: Any) -> None:
         self._postfix = values
         if self._bar is not None:

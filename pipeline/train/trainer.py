@@ -187,6 +187,7 @@ class Trainer:
             stream = self._train_stream(progress.epoch, progress.segments)
             progress.stream = self.stream_settings.to_dict()
             epoch_steps = self._agreed_steps(stream)
+            bar.set_total(self._expected_steps(progress, epoch_steps))
             batches = iter(make_loader(stream, self.cfg.data.num_workers))
             for _ in range(progress.batch_in_epoch):  # resume mid-epoch: skip what was trained on
                 next(batches)
@@ -218,6 +219,14 @@ class Trainer:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
         self.run_log.close()
         return summary
+
+    def _expected_steps(self, p: Progress, epoch_steps: int) -> int:
+        """The run's length as known when an epoch starts: the steps so far, the rest of this epoch,
+        and epoch 0's count for each later epoch (epochs differ by a few steps: each rank's share of
+        the row groups is drawn anew)."""
+        c = self.cfg.train
+        total = p.step + epoch_steps - p.batch_in_epoch + (c.epochs - p.epoch - 1) * self.steps_per_epoch
+        return min(total, c.max_steps) if c.max_steps else total
 
     def _done(self, p: Progress) -> bool:
         c = self.cfg.train
