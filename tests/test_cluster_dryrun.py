@@ -13,7 +13,7 @@ from typing import Optional
 import pytest
 import yaml
 
-from tests.conftest import run_command
+from tests.conftest import REPO, run_command
 from tests.test_docs import bash_blocks
 
 SCHEDULERS = {"slurm": "Slurm", "kubernetes": "Kubernetes"}  # scheduler -> its docs/CLUSTER.md section
@@ -148,3 +148,41 @@ def test_evaluate_job_scores_the_best_checkpoint_on_one_node(scheduler):
     assert f["--checkpoint"] == PATHS[scheduler]["run"] and f["--which"] == "best"
     assert f["--data"] == PATHS[scheduler]["data"] + "/test" and f["--out"] == PATHS[scheduler]["run"] + "/report"
     assert "--config" not in f  # the config stored with the run
+
+
+# ----------------------------------------------------------------------------- criteo-like on GPUs
+
+GPU_SECTION = "The criteo-like workload on 2 x 8 GPUs"
+
+
+def _collapse_ranges(text: str) -> str:
+    """'[8, 9, 10, 11]' -> '[8..11]': the doc abbreviates consecutive rank lists."""
+    def collapse(match: re.Match) -> str:
+        ranks = [int(r) for r in match.group(1).split(", ")]
+        consecutive = len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1))
+        return f"[{ranks[0]}..{ranks[-1]}]" if consecutive else match.group(0)
+    return re.sub(r"\[(\d+(?:, \d+)+)\]", collapse, text)
+
+
+def test_the_gpu_plan_of_the_criteo_like_workload_is_the_documented_one(tmp_path):
+    """The section's commands as written (the data on a scratch path and 20,000 rows instead of
+    100M: the table sizes do not depend on the row count): the dry run's summary line is the one the
+    page shows, and the TorchX job is 2 nodes x 8 GPUs running that config with bf16."""
+    (block,) = bash_blocks("docs/CLUSTER.md", GPU_SECTION)
+    commands = [line.replace("/shared", str(tmp_path)) for line in block.replace("\\\n", " ").splitlines()]
+    prepare, plan, submit = commands
+    assert "--rows 100000000" in prepare
+    run_command(["bash", "-c", prepare.replace("--rows 100000000", "--rows 20000")], timeout=300)
+    printed = run_command(["bash", "-c", plan], timeout=300).stdout
+    (summary,) = [line for line in printed.splitlines() if line.startswith("plan: ")]
+    text = (REPO / "docs" / "CLUSTER.md").read_text()
+    documented = re.search(r"^```\n(plan: 16 .*?)^```", text, re.MULTILINE | re.DOTALL).group(1)
+    assert _collapse_ranges(summary) == " ".join(documented.split())
+    job = slurm_job(run_command(["bash", "-c", submit], timeout=120).stdout.split("=== SCHEDULER REQUEST ===\n", 1)[1])
+    check_resources_and_image(job, "slurm")
+    assert len(job.nodes) == 2
+    for node in job.nodes:
+        f = flags(node.args[:7])
+        assert f == {"--config": "configs/synthetic_criteo_like.yaml", "--data": f"{tmp_path}/data/criteo_like",
+                     "--out": f"{tmp_path}/runs/criteo"}
+        assert node.args[7:] == ["train.precision=bf16"]
