@@ -8,7 +8,8 @@ Stages (`--stages`, default all, in this order):
             --train-rows) and, with another seed, the scoring set (--score-rows rows in all splits)
   train     `torchrun --nproc_per_node=2 -m pipeline train` with configs/synthetic_criteo_like.yaml,
             one epoch, checkpoints every --checkpoint-every steps
-  score     `mtrec evaluate` of the trained run over the scoring set with 1 and with 2 processes
+  score     `mtrec evaluate` of the trained run over the scoring set with 1 and with 2 processes, for
+            each --score-repeats (the set's files linked that many times); runs already in --json are kept
   plain     the same model in a plain-PyTorch loop (1 process: nn.EmbeddingBag with sparse
             gradients, torch Adagrad + Adam, the same loader) next to `mtrec train` on 1 process,
             both for --plain-steps steps, over a dataset whose tables are capped at
@@ -292,8 +293,8 @@ def main() -> None:
     p.add_argument("--train-rows", type=int, default=2_000_000)
     p.add_argument("--score-rows", type=int, default=2_000_000)
     p.add_argument("--score-repeats", default="1",
-                   help="score the scoring set's files linked this many times (comma list, e.g. 1,10; "
-                        "1 and 2 processes for the first, 2 for the others)")
+                   help="score the scoring set's files linked this many times (comma list, e.g. 1,10), "
+                        "each with 1 and with 2 processes")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--plain-steps", type=int, default=60)
     p.add_argument("--census-epochs", type=int, default=8, help="precision stage: census epochs (the recipe's 8; 0 = skip census)")
@@ -321,19 +322,22 @@ def main() -> None:
                  f"train.log_every_steps={args.checkpoint_every}", *args.train_overrides]
     if "train" in stages:
         results["train_2"] = train(train_data, work / "run2", work, 2, overrides)
-    if "score" in stages:
-        repeats = [int(r) for r in args.score_repeats.split(",")]
-        for repeat in repeats:
+    if "score" in stages:  # a score run already in --json is kept (the 100M-row ones take ~20 min each)
+        for repeat in (int(r) for r in args.score_repeats.split(",")):
             data_glob = repeated(score_data, repeat, work)
-            for nproc in (1, 2) if repeat == repeats[0] else (2,):  # longer logs: 2 processes only
+            for nproc in (1, 2):
+                key = f"score_{nproc}_x{repeat}"
+                if key in results and results[key]["rows"] == args.score_rows * repeat:
+                    continue
                 budget = ["sharding.per_rank_memory_gb=null"] if nproc == 1 else []  # one process: the whole machine
-                results[f"score_{nproc}_x{repeat}"] = score(work / "run2", data_glob, work / f"eval{nproc}_x{repeat}",
-                                                            work, nproc, args.score_rows * repeat, budget)
-            if repeat == repeats[0]:
-                one, two = results[f"score_1_x{repeat}"]["tasks"], results[f"score_2_x{repeat}"]["tasks"]
-                results[f"score_max_abs_diff_1_vs_2_x{repeat}"] = max(
-                    abs(a - b) for task, m1 in one.items() for key, a in m1.items()
-                    if a is not None and (b := two[task][key]) is not None)
+                results[key] = score(work / "run2", data_glob, work / f"eval{nproc}_x{repeat}", work, nproc,
+                                     args.score_rows * repeat, budget)
+                if args.json:  # saved after each run, so that an interrupted stage resumes
+                    args.json.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
+            one, two = results[f"score_1_x{repeat}"]["tasks"], results[f"score_2_x{repeat}"]["tasks"]
+            results[f"score_max_abs_diff_1_vs_2_x{repeat}"] = max(
+                abs(a - b) for task, m1 in one.items() for key, a in m1.items()
+                if a is not None and (b := two[task][key]) is not None)
     if "plain" in stages:
         plain_data = work / "plain_data"
         rows = max(200_000, 4096 * args.plain_steps * 2)
