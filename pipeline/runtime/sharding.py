@@ -107,6 +107,17 @@ def column_block(dim: int, min_partition: Optional[int]) -> int:
     return min(_find_base_dim(min_partition or MIN_CW_DIM, dim), dim)
 
 
+def packable_column_block(table_bytes: int, dim: int, available: int, world_size: int) -> int:
+    """Column shard width for a table over one rank's `available` bytes: the widest whose shards are
+    at most half of `available` (at least 2, at most `world_size` of them). Half, because shards of
+    over half a rank each need a rank of their own: six 10M-row tables cut in two just-too-big halves
+    need 12 ranks, in quarters they pack two to a rank next to the small tables."""
+    wanted = min(world_size, max(2, math.ceil(2 * table_bytes / available)))
+    widths = [w for w in range(4, dim + 1, 4) if dim % w == 0]  # fbgemm: multiples of 4 dividing dim
+    enough = [w for w in widths if dim // w >= wanted]
+    return max(enough) if enough else (min(widths) if widths else dim)
+
+
 # ----------------------------------------------------------------------------- the budget
 @dataclass(frozen=True)
 class ShardingBudget:
@@ -205,8 +216,7 @@ def check_budget(cfg: ShardingConfig, budget: ShardingBudget) -> dict[str, int]:
         splittable = bool(set(types) & set(COLUMN_SPLIT_TYPES)) and budget.world_size > 1
         # auto column shards only where rows cannot be split (CPU): on GPU the planner picks row-wise
         if min_partition is None and t.bytes > available and splittable and not set(types) & set(ROW_SPLIT_TYPES):
-            shards = min(budget.world_size, max(2, math.ceil(t.bytes / available)))  # the fewest that fit
-            min_partition = auto[t.name] = column_block(t.dim, 4 * math.ceil(t.dim / shards / 4))
+            min_partition = auto[t.name] = packable_column_block(t.bytes, t.dim, available, budget.world_size)
         block = column_block(t.dim, min_partition)
         need, how = _smallest_rank_share(t, types, block, budget.world_size)
         if need > available:
@@ -328,7 +338,8 @@ def plan_with_budget(model: nn.Module, cfg: ShardingConfig, inputs: InputSpec, c
             f"sharding: the planner found no plan for {budget.world_size} rank(s) with "
             f"{_gb(budget.table_bytes_per_rank)} per rank for tables (per rank {_gb(budget.per_rank_bytes)}, "
             f"{budget.source}); largest table {largest}; planner: {reason[0] if reason else '?'}"
-            f"{' ' + reason[-1] if len(reason) > 1 else ''}")
+            f"{' ' + reason[-1] if len(reason) > 1 else ''}; the planner places shards by speed, so tables "
+            f"filling most of the world's budget may not pack: raise sharding.per_rank_memory_gb or add ranks")
     return result, budget
 
 

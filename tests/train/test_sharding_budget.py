@@ -13,7 +13,7 @@ from models.typed_config import ConfigError, from_dict
 from pipeline.config import JobConfig, ShardingConfig
 from pipeline.data.schema import DatasetSchema
 from pipeline.runtime.distributed import DistContext
-from pipeline.runtime.sharding import (MemoryBudgetError, build_constraints, describe_plan, plan_details, plan_summary, plan_with_budget,
+from pipeline.runtime.sharding import (MemoryBudgetError, build_constraints, packable_column_block, describe_plan, plan_details, plan_summary, plan_with_budget,
                                        rank_table_bytes)
 from pipeline.train.trainer import build_training_model
 from tests.conftest import mtrec
@@ -50,6 +50,29 @@ def test_table_larger_than_a_rank_is_split_column_wise_over_both_ranks():
     assert "sparse_arch.ebc.t_big: column_wise / fused on ranks [0, 1]" in describe_plan(plan).splitlines()
     assert "t_big [10000000 x 64 float32] rank 1: offsets [0, 32] sizes [10000000, 32] 1,320,000,000 B" \
         in plan_details(plan, budget)
+
+
+def test_big_tables_are_cut_into_shards_that_pack_two_to_a_rank():
+    # The criteo-like shape: six 10M x 16 tables (0.68 GB each with their Adagrad state) and small ones,
+    # 10 ranks of 0.80 GB (0.67 GB for tables). Halves (0.34 GB) would fit a rank once but not twice,
+    # so 12 halves would need 12 ranks and the planner found no plan; quarters pack.
+    tables = {f"big{i}": (10_000_000, 16) for i in range(6)} | {f"small{i}": (50_000, 16) for i in range(6)}
+    plan, budget, _ = _plan(tables, {"per_rank_memory_gb": 0.80}, world=10)
+    for i in range(6):
+        ps = plan.plan["sparse_arch.ebc"][f"t_big{i}"]
+        assert ps.sharding_type == "column_wise"
+        assert [list(s.shard_sizes) for s in ps.sharding_spec.shards] == [[10_000_000, 4]] * 4
+    assert max(rank_table_bytes(plan, budget)) <= budget.table_bytes_per_rank
+
+
+@pytest.mark.parametrize("table_bytes, dim, available, world, width", [
+    (2_600_000_000, 64, 1_700_000_000, 2, 32),  # two shards are all 2 ranks can take
+    (680_000_000, 16, 679_000_000, 10, 4),      # halves would be over half a rank: quarters
+    (680_000_000, 16, 679_000_000, 3, 4),       # 3 wanted, 16 splits in 4s: four shards on 3 ranks
+    (100, 6, 60, 4, 6),                         # no multiple-of-4 width divides 6: kept whole
+])
+def test_automatic_column_shard_width(table_bytes, dim, available, world, width):
+    assert packable_column_block(table_bytes, dim, available, world) == width
 
 
 def test_explicit_min_partition_128_cannot_split_a_64_wide_table_and_is_refused_before_planning():
