@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -56,12 +57,20 @@ def prepare_table(spec_path: str | os.PathLike, out: str | os.PathLike, inputs: 
     spec = load_spec(spec_path)
     files = resolve_inputs(spec.inputs, Path(spec_path).parent, inputs)
     ignored = check_columns(spec, files)
-    params = {"importer_version": IMPORTER_VERSION, "spec": to_dict(spec), "inputs": [_identity(f) for f in files],
-              "reuse_stats": reuse_stats}
-    existing = existing_dataset(out, params, overwrite=overwrite)
-    if existing is not None:
-        return f"{out} is up to date (same spec and input files)\n{render(existing.prep['summary'])}"
-    fitted = load_fitted(spec, Path(reuse_stats)) if reuse_stats else fit_stats(spec, files)
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="input-hash") as pool:
+        # The inputs' sha256 (about 1 s per GB) is needed first only when there is a dataset to
+        # compare with; otherwise it runs next to pass 1 (hashlib releases the GIL).
+        identities = pool.submit(lambda: [_identity(f, stop) for f in files])
+        try:
+            if Path(out).exists() and not overwrite:
+                existing = existing_dataset(out, _params(spec, identities.result(), reuse_stats), overwrite=False)
+                if existing is not None:
+                    return f"{out} is up to date (same spec and input files)\n{render(existing.prep['summary'])}"
+            fitted = load_fitted(spec, Path(reuse_stats)) if reuse_stats else fit_stats(spec, files)
+            params = _params(spec, identities.result(), reuse_stats)
+        finally:
+            stop.set()  # a failed pass 1 does not wait for the hashing to finish
     with atomic_dir(out, overwrite=overwrite) as tmp:
         infos, counts = write_splits(spec, files, fitted, tmp)
         prep = {"params": params, "fitted": fitted.save(tmp),
@@ -90,10 +99,19 @@ def check_columns(spec: TableSpec, files: list[InputFile]) -> list[str]:
     return [c for c in seen if c not in wanted and c not in spec.drop]
 
 
-def _identity(file: InputFile) -> dict:
+def _params(spec: TableSpec, identities: list[dict], reuse_stats: Optional[str]) -> dict:
+    """`prep.params`: what makes two imports the same (the re-run check of `existing_dataset`)."""
+    return {"importer_version": IMPORTER_VERSION, "spec": to_dict(spec), "inputs": identities,
+            "reuse_stats": reuse_stats}
+
+
+def _identity(file: InputFile, stop: threading.Event) -> Optional[dict]:
+    """Name, split and sha256 of an input file (None when `stop` is set before the end)."""
     digest = hashlib.sha256()
     with open(file.path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
+            if stop.is_set():
+                return None
             digest.update(block)
     return {"file": Path(file.path).name, "split": file.split, "sha256": digest.hexdigest()}
 

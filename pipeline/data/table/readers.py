@@ -11,11 +11,12 @@ import contextlib
 import glob
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -47,6 +48,9 @@ class RawBatch:
     file: InputFile
     first_row: int
     row_group: Optional[int] = None
+    # text columns read as numbers, already cast to float64 by the reader thread (where the cast
+    # succeeded; a column whose cast fails is left to `values.as_numbers`, which names the bad line)
+    numbers: dict[str, pa.Array] = field(default_factory=dict)
 
     def where(self, row: int) -> str:
         """`row` (index in this batch) as a human location: file and line, or row group and row."""
@@ -169,10 +173,27 @@ def read_batches(file: InputFile, spec: InputsSpec, columns: list[str],
             pending.append(batch)
             if sum(b.num_rows for b in pending) >= BATCH_ROWS:
                 table = _join(pending)
-                yield RawBatch(table, file, first)
+                yield RawBatch(table, file, first, numbers=_cast_numbers(table, numeric))
                 first, pending = first + table.num_rows, []
         if pending:
-            yield RawBatch(_join(pending), file, first)
+            table = _join(pending)
+            yield RawBatch(table, file, first, numbers=_cast_numbers(table, numeric))
+
+
+def _cast_numbers(table: pa.Table, numeric: frozenset[str]) -> dict[str, pa.Array]:
+    """float64 casts of the `numeric` text columns that cast cleanly. Done here, in the reader
+    thread, because the casts are a large share of the encoding work and pyarrow releases the GIL
+    while it casts: the main thread then only encodes."""
+    out = {}
+    for name in numeric & set(table.column_names):
+        values = table.column(name)
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            try:
+                out[name] = pc.cast(values, pa.float64())
+            except pa.ArrowInvalid:
+                continue
+    return out
 
 
 def _join(batches: list[pa.RecordBatch]) -> pa.Table:

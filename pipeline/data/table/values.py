@@ -22,7 +22,9 @@ _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$"
 def column(batch: RawBatch, name: str) -> pa.Array:
     """One column of the batch as a single Array."""
     values = batch.table.column(name)
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if isinstance(values, pa.ChunkedArray):  # one chunk: no copy (combine_chunks would concatenate)
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
 
 
 def bad_value(batch: RawBatch, name: str, rows: np.ndarray, what: str, hint: str = "") -> DataError:
@@ -54,7 +56,7 @@ def as_numbers(batch: RawBatch, name: str, invalid: str = "error") -> tuple[np.n
     values = column(batch, name)
     bad = 0
     try:
-        numbers = pc.cast(values, pa.float64())
+        numbers = batch.numbers[name] if name in batch.numbers else pc.cast(values, pa.float64())
     except pa.ArrowInvalid:
         if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             raise DataError(f"{batch.file.path}: column {name!r} of type {values.type} is not numeric") from None
