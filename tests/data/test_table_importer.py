@@ -18,8 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.data.schema import DatasetSchema
+from pipeline.data.schema import DataError, DatasetSchema
 from pipeline.data.table.importer import prepare_table
+from pipeline.data.table.readers import InputFile, read_batches
+from pipeline.data.table.spec import InputsSpec
+from pipeline.data.table.values import as_numbers
 
 HEADER = "ts,user,city,tags,price,age,click,purchase"
 ROWS = [  # train: ts < 2024-01-08, valid: 2024-01-08, test: >= 2024-01-09
@@ -294,3 +297,16 @@ def test_json_lines_whose_blocks_change_types_and_keys(tmp_path):
     x = sorted(v for d in data for v in d["x"])
     assert x == sorted(list(range(3000)) + [i + 0.5 for i in range(3000)])
     assert set(data[0]["c"]) == {0, 2, 3, 4}  # null, then v0 v1 v2
+
+
+def test_reader_thread_casts_clean_counters_and_leaves_bad_ones_to_the_encoder(tmp_path):
+    """The reader casts numeric text columns ahead (RawBatch.numbers); a column with text that is no
+    number is not cast there, so `as_numbers` still finds and names the bad line."""
+    csv = tmp_path / "log.csv"
+    csv.write_text("a,b,c\n1,2,x\n,3.5,y\n4,oops,z\n")
+    spec = InputsSpec(files=[str(csv)])
+    (batch,) = read_batches(InputFile(str(csv), None, "csv", 1), spec, ["a", "b", "c"], frozenset({"a", "b"}))
+    assert set(batch.numbers) == {"a"}
+    np.testing.assert_array_equal(as_numbers(batch, "a")[0], [1.0, np.nan, 4.0])
+    with pytest.raises(DataError, match=r"log.csv: line 4, column 'b': not a number: 'oops'"):
+        as_numbers(batch, "b")
