@@ -186,14 +186,20 @@ def _cast_numbers(table: pa.Table, numeric: frozenset[str]) -> dict[str, pa.Arra
     while it casts: the main thread then only encodes."""
     out = {}
     for name in numeric & set(table.column_names):
-        values = table.column(name)
-        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+        values = one_array(table.column(name))
         if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
             try:
                 out[name] = pc.cast(values, pa.float64())
             except pa.ArrowInvalid:
                 continue
     return out
+
+
+def one_array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one Array; a single chunk is not copied (combine_chunks would concatenate it)."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
 
 
 def _join(batches: list[pa.RecordBatch]) -> pa.Table:

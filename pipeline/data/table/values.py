@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.data.schema import DataError
-from pipeline.data.table.readers import RawBatch
+from pipeline.data.table.readers import RawBatch, one_array
 
 # What counts as a number in text (surrounding whitespace is trimmed first).
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$"
@@ -21,10 +21,7 @@ _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity|nan)$"
 
 def column(batch: RawBatch, name: str) -> pa.Array:
     """One column of the batch as a single Array."""
-    values = batch.table.column(name)
-    if isinstance(values, pa.ChunkedArray):  # one chunk: no copy (combine_chunks would concatenate)
-        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
-    return values
+    return one_array(batch.table.column(name))
 
 
 def bad_value(batch: RawBatch, name: str, rows: np.ndarray, what: str, hint: str = "") -> DataError:
