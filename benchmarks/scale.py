@@ -336,8 +336,8 @@ def main() -> None:
                     args.json.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
             one, two = results[f"score_1_x{repeat}"]["tasks"], results[f"score_2_x{repeat}"]["tasks"]
             results[f"score_max_abs_diff_1_vs_2_x{repeat}"] = max(
-                abs(a - b) for task, m1 in one.items() for key, a in m1.items()
-                if a is not None and (b := two[task][key]) is not None)
+                abs(a - b) for task, m1 in one.items() for metric, a in m1.items()
+                if a is not None and (b := two[task][metric]) is not None)
     if "plain" in stages:
         plain_data = work / "plain_data"
         rows = max(200_000, 4096 * args.plain_steps * 2)

@@ -108,8 +108,9 @@ def column_block(dim: int, min_partition: Optional[int]) -> int:
 
 
 def packable_column_block(table_bytes: int, dim: int, available: int, world_size: int) -> int:
-    """Column shard width for a table over one rank's `available` bytes: the widest whose shards are
-    at most half of `available` (at least 2, at most `world_size` of them). Half, because shards of
+    """Column shard width for a table over one rank's `available` bytes: the widest that cuts it into
+    shards of at most half of `available` (2 to `world_size` shards wanted; the widths that divide
+    the dim may give more, which then share ranks). Half, because shards of
     over half a rank each need a rank of their own: six 10M-row tables cut in two just-too-big halves
     need 12 ranks, in quarters they pack two to a rank next to the small tables."""
     wanted = min(world_size, max(2, math.ceil(2 * table_bytes / available)))
