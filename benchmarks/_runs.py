@@ -48,14 +48,26 @@ RECORDED_METRICS = ("auc", "ne", "logloss", "calibration", "mse")  # mse: regres
 
 
 @dataclass(frozen=True)
+class ExtraEvaluation:
+    """The evaluated checkpoint scored once more, on the dataset's `split` with `overrides` on top of
+    the run's (e.g. another served head); recorded as record["extra"][name]."""
+
+    name: str
+    split: str
+    overrides: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """One (model, DML on/off, seed) cell. `overrides`: extra key=value config overrides."""
+    """One (model, DML on/off, seed) cell. `overrides`: extra key=value config overrides, applied
+    after the DML switches (so that a spec can turn one DML part back off)."""
 
     model: str
     config: Path
     dml: bool
     seed: int
     overrides: tuple[str, ...] = ()
+    extra: tuple[ExtraEvaluation, ...] = ()
 
     @property
     def key(self) -> str:
@@ -65,7 +77,7 @@ class RunSpec:
         return root / self.model / ("dml" if self.dml else "base") / f"seed_{self.seed}"
 
     def all_overrides(self) -> list[str]:
-        return [*RUN_OVERRIDES, *self.overrides, *(DML_OVERRIDES if self.dml else ())]
+        return [*RUN_OVERRIDES, *(DML_OVERRIDES if self.dml else ()), *self.overrides]
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,26 @@ def prepare_dataset(args: Sequence[str], out: Path, log_file: Path) -> Path:
     return out
 
 
+def prepare_adult(root: Path) -> tuple[Path, Path]:
+    """UCI Adult through the no-code path (`mtrec prepare table --spec examples/adult/spec.yaml`,
+    then `mtrec init-config --model adatt_sp` as written) under root: (dataset, config)."""
+    log = root / "prepare.log"
+    data = prepare_dataset(["table", "--spec", str(REPO / "examples" / "adult" / "spec.yaml")], root / "data", log)
+    config = root / "adult_adatt_sp.yaml"
+    run_mtrec(["init-config", "--data", str(data), "--model", "adatt_sp", "--out", str(config)], log)
+    return data, config
+
+
+def prepare_synthetic(out: Path, log_file: Path, *, correlation: float, rows: int, tasks: int = 2,
+                      dense_dim: int = 100, sparse_features: int = 0, vocab: int = 10_000,
+                      regression: bool = False) -> Path:
+    """`mtrec prepare synthetic` (the MMoE §3 generator, data seed fixed) into out."""
+    return prepare_dataset(["synthetic", "--rows", str(rows), "--tasks", str(tasks), "--correlation",
+                            str(correlation), "--dense-dim", str(dense_dim), "--sparse-features",
+                            str(sparse_features), "--vocab", str(vocab), *(["--regression"] if regression else [])],
+                           out, log_file)
+
+
 def best_checkpoint(run_dir: Path) -> Path:
     """The checkpoint at the summary's best validation step when it was kept, else the run dir
     (= its newest complete checkpoint)."""
@@ -214,15 +246,23 @@ def train_and_evaluate(spec: RunSpec, data: Path, root: Path, budget: Budget) ->
     run_mtrec([*train, *spec.all_overrides()], log_file, budget.nproc)
     summary = json.loads((run_dir / "summary.json").read_text())
     checkpoint = best_checkpoint(run_dir)
-    report_dir = run_dir / "report_test"
-    run_mtrec(["evaluate", "--config", str(spec.config), "--checkpoint", str(checkpoint), "--data",
-               str(data / "test"), "--out", str(report_dir), *spec.all_overrides()], log_file, budget.nproc)
+
+    def evaluate(name: str, split: str, overrides: Sequence[str] = ()) -> dict[str, dict[str, Optional[float]]]:
+        report_dir = run_dir / f"report_{name}"
+        run_mtrec(["evaluate", "--config", str(spec.config), "--checkpoint", str(checkpoint), "--data",
+                   str(data / split), "--out", str(report_dir), *spec.all_overrides(), *overrides], log_file,
+                  budget.nproc)
+        return compact(load_report(report_dir))
+
     evaluated_step = summary["best_step"] if checkpoint != run_dir else None
-    return {"key": spec.key, "model": spec.model, "dml": spec.dml, "seed": spec.seed, "budget": asdict(budget),
-            "overrides": list(spec.overrides), "steps": summary["steps"], "best_step": summary["best_step"],
-            "evaluated_step": evaluated_step, "stopped_early": summary["stopped_early"],
-            "valid": compact(validation_at(run_dir, evaluated_step)), "test": compact(load_report(report_dir)),
-            "valid_curve": validation_curve(run_dir), "wall_s": round(time.perf_counter() - started, 1)}
+    record = {"key": spec.key, "model": spec.model, "dml": spec.dml, "seed": spec.seed, "budget": asdict(budget),
+              "overrides": list(spec.overrides), "steps": summary["steps"], "best_step": summary["best_step"],
+              "evaluated_step": evaluated_step, "stopped_early": summary["stopped_early"],
+              "valid": compact(validation_at(run_dir, evaluated_step)), "test": evaluate("test", "test"),
+              "valid_curve": validation_curve(run_dir)}
+    if spec.extra:
+        record["extra"] = {e.name: evaluate(e.name, e.split, e.overrides) for e in spec.extra}
+    return {**record, "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def _init_worker(threads: int) -> None:
@@ -275,6 +315,13 @@ def aggregate(reports: Sequence[Mapping[str, Mapping[str, Any]]], metrics: Seque
             if values:
                 out.setdefault(task, {})[metric] = (*mean_std(values), len(values))
     return out
+
+
+def task_mean(report: Mapping[str, Mapping[str, Any]], metric: str = "auc") -> Optional[float]:
+    """The mean of `metric` over the tasks that have it (binary tasks for auc / logloss, regression
+    tasks for mse), None when none has it; report: {task: {metric: value}} (a ledger record's "test")."""
+    values = [t[metric] for t in report.values() if t.get(metric) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def fmt_mean_std(cell: Optional[tuple[float, float, int]], digits: int = 4) -> str:

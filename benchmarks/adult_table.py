@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _runs import (REPO, Budget, Ledger, RunSpec, aggregate, fmt_mean_std, prepare_dataset, records_for, run_all,
-                   run_mtrec)
+from _runs import REPO, Budget, Ledger, RunSpec, aggregate, fmt_mean_std, prepare_adult, records_for, run_all
 
 TASKS = ("income", "never_married")
 MODEL = "adult_adatt_sp"
@@ -60,10 +59,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     root = Path(args.runs)
-    log = root / "prepare.log"
-    data = prepare_dataset(["table", "--spec", str(REPO / "examples" / "adult" / "spec.yaml")], root / "data", log)
-    config = root / f"{MODEL}.yaml"
-    run_mtrec(["init-config", "--data", str(data), "--model", "adatt_sp", "--out", str(config)], log)
+    data, config = prepare_adult(root)
     budget = Budget(max_steps=args.max_steps)
     specs = [RunSpec(MODEL, config, False, seed) for seed in range(args.seeds)]
     ledger = Ledger(Path(args.ledger))

@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from _runs import REPO, Budget, Ledger, RunSpec, fmt_mean_std, mean_std, prepare_dataset, records_for, run_all
+from _runs import (REPO, Budget, Ledger, RunSpec, fmt_mean_std, mean_std, prepare_dataset, records_for, run_all,
+                   task_mean)
 from pipeline.config import EarlyStoppingConfig
 from pipeline.runtime.atomic import atomic_write_text
 
@@ -129,10 +130,6 @@ def select(curve: Sequence[dict[str, Any]], rule: Rule) -> Optional[tuple[int, d
             if bad >= rule.patience:
                 return epoch, best["tasks"]
     return (len(points), best["tasks"]) if len(points) == rule.max_epochs else None
-
-
-def task_mean(tasks: dict[str, dict[str, Any]], metric: str = "auc") -> float:
-    return statistics.fmean(tasks[t][metric] for t in TASKS)
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,13 +16,11 @@ docs/results/correlation_sweep_runs.jsonl; `--report-only` rebuilds the table an
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-from _runs import REPO, Budget, Ledger, RunSpec, mean_std, prepare_dataset, records_for, run_all
+from _runs import REPO, Budget, Ledger, RunSpec, mean_std, prepare_synthetic, records_for, run_all, task_mean
 from pipeline.runtime.atomic import atomic_write_text
 from pipeline.eval.plots import save_png
 
@@ -64,19 +62,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace, variant: str, correlation: float) -> Path:
-    sparse = args.sparse_features if variant == "sparse" else 0
-    out = args.runs / "data" / f"{variant}_p{correlation:g}"
-    return prepare_dataset(["synthetic", "--rows", str(args.rows), "--tasks", str(args.tasks), "--correlation",
-                            str(correlation), "--dense-dim", str(args.dense_dim), "--sparse-features", str(sparse),
-                            "--vocab", str(args.vocab), *(["--regression"] if variant == "regression" else [])],
-                           out, args.runs / "prepare.log")
-
-
-def task_mean(report: dict, metric: str) -> Optional[float]:
-    """The mean of `metric` over the tasks that have it (binary tasks for auc / logloss, regression
-    tasks for mse), None when none has it; report: {task: {metric: value}} (a ledger record's "test")."""
-    values = [t[metric] for t in report.values() if t.get(metric) is not None]
-    return statistics.fmean(values) if values else None
+    return prepare_synthetic(args.runs / "data" / f"{variant}_p{correlation:g}", args.runs / "prepare.log",
+                             correlation=correlation, rows=args.rows, tasks=args.tasks, dense_dim=args.dense_dim,
+                             sparse_features=args.sparse_features if variant == "sparse" else 0, vocab=args.vocab,
+                             regression=variant == "regression")
 
 
 def markdown(cells: dict, correlations: list[float], command: str, wall_s: float, run_s: float, jobs: int) -> str:

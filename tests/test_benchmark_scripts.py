@@ -142,8 +142,35 @@ def test_ablation_refuses_a_row_redefined_after_its_runs(runs, tmp_path):
         ablation.check_definitions(ledger, ["emb_adam"], 3, budget)
 
 
-@pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py", "census_ablation.py"])
+@pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py", "census_ablation.py", "dml_tuning.py"])
 def test_scripts_parse_their_arguments(script):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "--seeds" in proc.stdout and "--jobs" in proc.stdout, proc.stderr
+
+
+def test_dml_tuning_settings_turn_parts_off_after_the_dml_switches(runs):
+    tuning = importlib.import_module("dml_tuning")
+    dataset = tuning.DATASETS["census"]
+    gkd_only = tuning.spec_of(dataset, Path("c.yaml"), tuning.Setting("gkd", 0.1, 2.0), 0).all_overrides()
+    assert gkd_only.index("model.dml.ctfm.enabled=false") > gkd_only.index("model.dml.ctfm.enabled=true")
+    assert {"model.dml.gkd.mutual_weight=0.1", "model.dml.gkd.tau=2"} <= set(gkd_only)
+    ctfm_only = tuning.spec_of(dataset, Path("c.yaml"), tuning.Setting("ctfm"), 0)
+    assert ctfm_only.all_overrides()[-1] == "model.dml.gkd.enabled=false" and not ctfm_only.extra
+    off = tuning.spec_of(dataset, Path("c.yaml"), tuning.OFF, 0)
+    assert not off.dml and not set(runs.DML_OVERRIDES) & set(off.all_overrides())
+    assert len(tuning.GRID) == len(set(s.name for s in tuning.GRID)) == 9  # the default is run once
+
+
+def test_dml_tuning_chooses_each_knob_on_its_own_axis(runs):
+    tuning = importlib.import_module("dml_tuning")
+    scores = {s: (0.5, 0.0, 3) for s in tuning.GRID}
+    scores[tuning.Setting("both", 0.1)] = (0.7, 0.0, 3)  # best λ at τ = 1
+    scores[tuning.Setting("both", tau=4.0)] = (0.6, 0.0, 3)  # best τ at λ = 0.5
+    scores[tuning.Setting("gkd")] = (0.55, 0.0, 3)  # best parts at the default
+    assert tuning.choose(scores) == tuning.Setting("gkd", 0.1, 4.0)
+    scores[tuning.Setting("ctfm")] = (0.9, 0.0, 3)
+    assert tuning.choose(scores) == tuning.Setting("ctfm")  # CTFM alone has no λ or τ
+    record = {"valid": report(0.8, None), "extra": {"valid_local": report(0.9, None), "valid_mean": report(0.85, None)}}
+    assert tuning.choose_head([record], tuning.Setting("both")) == "local"
+    assert tuning.choose_head([record], tuning.Setting("ctfm")) == "global"

@@ -47,10 +47,15 @@ def schema_for(data_paths: list[str], checkpoint: Path) -> DatasetSchema:
     return DatasetSchema.load(stored)
 
 
+# Model keys that choose how trained weights are served, not what was trained: they may differ from
+# the checkpoint's (e.g. score a mutual-learning model's local towers instead of its global heads).
+SERVING_KEYS = ("model.dml.gkd.serve_head",)
+
+
 def checkpoint_config(checkpoint: Path, config: Optional[str], overrides: list[str]) -> JobConfig:
     """The job config a checkpoint was trained with (stored with it, else the run's config.yaml), with
-    `overrides`. A `config` given by the user may change everything but the model: a model that
-    differs is refused, naming the differing keys."""
+    `overrides`. A `config` given by the user may change everything but the model (SERVING_KEYS
+    aside): a model that differs is refused, naming the differing keys."""
     stored_path = checkpoint / CONFIG_FILE
     if not stored_path.is_file():
         stored_path = run_dir_of(checkpoint) / CONFIG_FILE
@@ -61,12 +66,22 @@ def checkpoint_config(checkpoint: Path, config: Optional[str], overrides: list[s
     stored = load_job_config(stored_path)
     given = load_job_config(config if config is not None else stored_path, overrides)
     differing = differing_keys(to_dict(stored.model), to_dict(given.model), "model")
+    for key in set(differing) & set(SERVING_KEYS):
+        log.info("%s: %s (the checkpoint was trained serving %s)", key, _at(to_dict(given), key),
+                 _at(to_dict(stored), key))
+    differing = [key for key in differing if key not in SERVING_KEYS]
     if differing:
         source = f"--config {config}" if config is not None else "the overrides"
         raise ConfigError(f"{source}: the model differs from the checkpoint's ({stored_path}) at "
                           f"{', '.join(differing[:8])}{' ...' if len(differing) > 8 else ''}; omit --config and "
                           "model.* overrides to use the checkpoint's")
     return given
+
+
+def _at(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def differing_keys(a: Any, b: Any, path: str) -> list[str]:
