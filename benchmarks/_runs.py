@@ -300,6 +300,15 @@ def run_all(specs: Sequence[tuple[RunSpec, Path]], root: Path, budget: Budget, l
     return failures
 
 
+def chosen_names(option: str, value: str, known: Iterable[str]) -> list[str]:
+    """The comma-separated names of a command-line option, each one of `known` (else exit naming it)."""
+    names, known = [n.strip() for n in value.split(",") if n.strip()], list(known)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SystemExit(f"{option}: unknown {unknown}; choose from {known}")
+    return names
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

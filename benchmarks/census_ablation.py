@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from _runs import (REPO, Budget, Ledger, RunSpec, fmt_mean_std, mean_std, prepare_dataset, records_for, run_all,
-                   task_mean)
+from _runs import (REPO, Budget, Ledger, RunSpec, chosen_names, fmt_mean_std, mean_std, prepare_dataset, records_for,
+                   run_all, task_mean)
 from pipeline.config import EarlyStoppingConfig
 from pipeline.runtime.atomic import atomic_write_text
 
@@ -253,10 +253,7 @@ def test_lines(name: str, records: list[dict]) -> list[str]:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    names = [n.strip() for n in args.rows.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(ROWS))
-    if unknown:
-        raise SystemExit(f"--rows: unknown {unknown}; choose from {list(ROWS)}")
+    names = chosen_names("--rows", args.rows, ROWS)
     budget = Budget(max_steps=args.max_steps)
     ledger = Ledger(args.ledger)
     check_definitions(ledger, list(ROWS), max(args.seeds, 10), budget)

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from _runs import REPO, Budget, Ledger, RunSpec, mean_std, prepare_synthetic, records_for, run_all, task_mean
+from _runs import (REPO, Budget, Ledger, RunSpec, chosen_names, mean_std, prepare_synthetic, records_for, run_all,
+                   task_mean)
 from pipeline.runtime.atomic import atomic_write_text
 from pipeline.eval.plots import save_png
 
@@ -123,11 +124,8 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     correlations = [float(c) for c in args.correlations.split(",")]
-    variants = [v for v in args.variants.split(",") if v]
-    models = [m for m in args.models.split(",") if m]
-    bad = sorted(set(variants) - set(VARIANTS)) + sorted(set(models) - set(MODELS))
-    if bad:
-        raise SystemExit(f"unknown variant/model {bad}; variants {VARIANTS}, models {list(MODELS)}")
+    variants = chosen_names("--variants", args.variants, VARIANTS)
+    models = chosen_names("--models", args.models, MODELS)
     budget = Budget(nproc=args.nproc, epochs=args.epochs, max_steps=args.max_steps)
     ledger = Ledger(args.out_dir / "correlation_sweep_runs.jsonl")
     grid = [(variant, correlation, model, dml) for variant in variants for correlation in correlations

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from _runs import (REPO, Budget, ExtraEvaluation, Ledger, RunSpec, fmt_mean_std, mean_std, prepare_adult,
-                   prepare_dataset, prepare_synthetic, records_for, run_all, task_mean)
+from _runs import (REPO, Budget, ExtraEvaluation, Ledger, RunSpec, chosen_names, fmt_mean_std, mean_std,
+                   prepare_adult, prepare_dataset, prepare_synthetic, records_for, run_all, task_mean)
 from pipeline.runtime.atomic import atomic_write_text
 
 LAMBDAS = (0.1, 0.3, 0.5, 1.0)  # GKD's mutual_weight λ; 0.5 is the config default
@@ -79,7 +79,9 @@ class Dataset:
 
     def config(self, root: Path) -> Path:
         """AdaTT-sp: census's shipped config, or what `mtrec init-config` wrote for Adult."""
-        return root / "adult" / "adult_adatt_sp.yaml" if self.name == "adult" else REPO / "configs" / "census_adatt.yaml"
+        if self.name == "adult":
+            return root / "adult" / "adult_adatt_sp.yaml"
+        return REPO / "configs" / "census_adatt.yaml"
 
     def prepare(self, root: Path) -> Path:
         """The dataset directory under root (Adult: also its config, at self.config(root))."""
@@ -200,7 +202,8 @@ def final_lines(study: Study, ledger: Ledger, budget: Budget, seeds: int) -> lis
         lines.append(f"| {h}{' **(served)**' if h == head else ''} | {fmt_mean_std(valid_score(tuned, h))} "
                      f"| {fmt_mean_std(test)} |")
     metrics: list[tuple[str, Callable[[dict], float]]] = [
-        (f"AUC {t}", lambda report, t=t: report[t]["auc"]) for t, m in off[0]["test"].items() if m.get("auc") is not None]
+        (f"AUC {t}", lambda report, t=t: report[t]["auc"])
+        for t, m in off[0]["test"].items() if m.get("auc") is not None]
     metrics += [(f"{m} mean of tasks", lambda report, m=m: task_mean(report, m)) for m in ("auc", "ne", "calibration")]
     lines += ["", f"Test, `{study.tuned.name}` ({head} head) vs mutual learning off, seeds 0..{seeds - 1} "
               f"({len(off)} off / {len(tuned)} tuned finished); Δ = tuned − off, paired by seed:", "",
@@ -208,7 +211,8 @@ def final_lines(study: Study, ledger: Ledger, budget: Budget, seeds: int) -> lis
     for label, value in metrics:
         off_value = lambda r, value=value: value(r["test"])  # noqa: E731
         tuned_value = lambda r, value=value: value(served(r, "test", head))  # noqa: E731
-        cells = [fmt_mean_std((*mean_std([f(r) for r in rs]), len(rs))) for f, rs in ((off_value, off), (tuned_value, tuned))]
+        cells = [fmt_mean_std((*mean_std([f(r) for r in rs]), len(rs)))
+                 for f, rs in ((off_value, off), (tuned_value, tuned))]
         lines.append(f"| {label} | {' | '.join(cells)} | {paired(off, tuned, off_value, tuned_value)} |")
     return lines
 
@@ -230,10 +234,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(DATASETS))
-    if unknown:
-        raise SystemExit(f"--datasets: unknown {unknown}; choose from {list(DATASETS)}")
+    names = chosen_names("--datasets", args.datasets, DATASETS)
     if args.seeds < args.tune_seeds:
         raise SystemExit(f"--seeds ({args.seeds}) must be >= --tune-seeds ({args.tune_seeds})")
     ledger = Ledger(args.out_dir / "dml_tuning_runs.jsonl")
