@@ -176,7 +176,7 @@ def tuning_lines(study: Study) -> list[str]:
 
 def paired(off: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]], off_value: Callable[[dict], float],
            tuned_value: Callable[[dict], float]) -> str:
-    """Mean of tuned - off over the seeds both have, the paired t-test p-value, the seeds up."""
+    """Mean of tuned - off over the seeds both have, the paired t-test p-value, the seeds where tuned > off."""
     from scipy.stats import ttest_rel
 
     by_seed = {r["seed"]: off_value(r) for r in off}
@@ -185,7 +185,12 @@ def paired(off: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]], off_v
         return "n/a"
     diffs = [b - a for a, b in pairs]
     p = ttest_rel([b for _, b in pairs], [a for a, _ in pairs]).pvalue
-    return f"{statistics.fmean(diffs):+.4f} (p = {p:.2g}, {sum(d > 0 for d in diffs)}/{len(diffs)} up)"
+    return f"{statistics.fmean(diffs):+.4f} (p = {p:.2g}, higher in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds)"
+
+
+def calibration_error(report: dict[str, dict[str, Any]]) -> float:
+    """Mean over the tasks of |mean prediction / positive rate - 1| (0 = calibrated on average)."""
+    return statistics.fmean(abs(m["calibration"] - 1) for m in report.values() if m.get("calibration") is not None)
 
 
 def final_lines(study: Study, ledger: Ledger, budget: Budget, seeds: int) -> list[str]:
@@ -204,10 +209,11 @@ def final_lines(study: Study, ledger: Ledger, budget: Budget, seeds: int) -> lis
     metrics: list[tuple[str, Callable[[dict], float]]] = [
         (f"AUC {t}", lambda report, t=t: report[t]["auc"])
         for t, m in off[0]["test"].items() if m.get("auc") is not None]
-    metrics += [(f"{m} mean of tasks", lambda report, m=m: task_mean(report, m)) for m in ("auc", "ne", "calibration")]
+    metrics += [(f"{m.upper()}, mean of tasks", lambda report, m=m: task_mean(report, m)) for m in ("auc", "ne")]
+    metrics.append(("\\|calibration − 1\\|, mean of tasks", calibration_error))
     lines += ["", f"Test, `{study.tuned.name}` ({head} head) vs mutual learning off, seeds 0..{seeds - 1} "
               f"({len(off)} off / {len(tuned)} tuned finished); Δ = tuned − off, paired by seed:", "",
-              "| metric | off | tuned | Δ (paired t-test, seeds up) |", "|---|---|---|---|"]
+              "| metric | off | tuned | Δ (paired t-test; seeds where tuned is higher) |", "|---|---|---|---|"]
     for label, value in metrics:
         off_value = lambda r, value=value: value(r["test"])  # noqa: E731
         tuned_value = lambda r, value=value: value(served(r, "test", head))  # noqa: E731
