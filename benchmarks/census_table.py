@@ -2,14 +2,17 @@
 learning off and on over several seeds, through `mtrec train` / `mtrec evaluate`, and write the
 mean ± std test AUC / NE per task next to the paper's numbers (Markdown + PNG). Not a test.
 
-    .venv/bin/python benchmarks/census_table.py --seeds 10 --epochs 4 --jobs 2     # the table (docs/RESULTS.md)
-    .venv/bin/python benchmarks/census_table.py --seeds 1 --configs census_t5_adatt_6 --no-dml --max-steps 20 \\
+    .venv/bin/python benchmarks/census_table.py --seeds 10 --no-dml --jobs 2 --no-heatmaps \
+        --configs census_t5_adatt_6,...                                              # the table (docs/RESULTS.md)
+    .venv/bin/python benchmarks/census_table.py --seeds 1 --configs census_t5_adatt_6 --no-dml --max-steps 20 \
         --runs /tmp/ct --out-dir /tmp/ct/out                                         # a smoke run
 
 Resumable: a (model, dml, seed) in the ledger docs/results/census_runs.jsonl (committed) is never
 re-run, a half-trained run resumes; `--report-only` rebuilds the table and plot from the ledger.
 Data: `mtrec prepare census --edu-def bachelors_plus` (docs/MATH.md §9.2: the MMoEEx definition the
-AdaTT Census experiment adapts; the project default for reproducing Table 5). Task mapping
+AdaTT Census experiment adapts; the project default for reproducing Table 5) with the census
+recipe's log1p + z-score features; `--preprocess mtrec --epochs 4` is the first recipe's table
+(docs/results/census_table_mtrec_bachelors_plus.md). Task mapping
 Task 1 = education, Task 2 = income, Task 3 = never_married, inferred (docs/MATH.md §9.3).
 The `_tune` variants are the shared-expert splits to choose between on the validation table.
 """
@@ -28,6 +31,7 @@ from pipeline.runtime.atomic import atomic_write_text
 from pipeline.eval.plots import save_png
 
 EDU_DEF = "bachelors_plus"
+PREPROCESS = "log1p_zscore"  # `mtrec prepare census`'s default, the features of the census recipe
 TASKS = ("education", "income", "never_married")  # Task 1, 2, 3 of AdaTT Table 5 (inferred mapping)
 # AdaTT Table 5, mean test AUC over 100 runs (docs/MATH.md §9.3), as (Task 1, Task 2, Task 3).
 PAPER = {
@@ -79,9 +83,10 @@ def parse_args() -> argparse.Namespace:
                    help="census_table.md, census_auc.png, census_runs.jsonl (the ledger), gates/<model>/")
     p.add_argument("--no-heatmaps", action="store_true", help="skip `mtrec diagnose` of the gated models")
     p.add_argument("--report-only", action="store_true", help="train nothing: tables from the ledger")
-    p.add_argument("--preprocess", default="mtrec", choices=["mtrec", "mmoeex", "mmoeex_aligned"],
-                   help="`mtrec prepare census --preprocess`: other than mtrec, the MMoEEx-MTL one-hot features "
-                        "(the investigation of docs/RESULTS.md); outputs get a _<preprocess> suffix")
+    p.add_argument("--preprocess", default=PREPROCESS, choices=["log1p_zscore", "mtrec", "mmoeex", "mmoeex_aligned"],
+                   help="`mtrec prepare census --preprocess`: log1p_zscore (the census recipe's features), mtrec "
+                        "(min-max: the first recipe's), or the MMoEEx-MTL one-hot features (the investigation of "
+                        "docs/RESULTS.md); outputs other than the defaults' get a _<preprocess>_<edu-def> suffix")
     p.add_argument("--edu-def", default=EDU_DEF, choices=["associates_plus", "bachelors_plus", "mmoeex_as_coded"])
     return p.parse_args()
 
@@ -208,12 +213,12 @@ def main() -> None:
     names = chosen_names("--configs", args.configs, MODELS)
     dml_modes = [d for d in (False, True) if not (d and args.no_dml) and not (not d and args.only_dml)]
     budget = Budget(nproc=args.nproc, epochs=args.epochs, max_steps=args.max_steps)
-    suffix = "" if args.preprocess == "mtrec" and args.edu_def == EDU_DEF else f"_{args.preprocess}_{args.edu_def}"
+    tag = f"{args.preprocess}_{args.edu_def}"  # names the dataset and the run directories
+    suffix = "" if (args.preprocess, args.edu_def) == (PREPROCESS, EDU_DEF) else f"_{tag}"  # names the outputs
     ledger = Ledger(args.out_dir / f"census_runs{suffix}.jsonl")
     cells = {(name, dml): [RunSpec(name, REPO / MODELS[name][0], dml, seed, MODELS[name][1])
                            for seed in range(args.seeds)] for name in names for dml in dml_modes}
-    data = args.runs / "data" / (f"census_{EDU_DEF}" if not suffix else f"census{suffix}")
-    root = args.runs if not suffix else args.runs / suffix.lstrip("_")
+    data, root = args.runs / "data" / f"census_{tag}", args.runs / tag
     failures: list[str] = []
     if not args.report_only:
         prepare = ["census", "--edu-def", args.edu_def, "--preprocess", args.preprocess]  # its ledgers' features
