@@ -80,7 +80,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="cap the steps per run (smoke runs)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "results" / "census", help="run directories")
     p.add_argument("--out-dir", type=Path, default=REPO / "docs" / "results",
-                   help="census_table.md, census_auc.png, census_runs.jsonl (the ledger), gates/<model>/")
+                   help="census_table[_suffix].md, census_auc[_suffix].png, census_runs[_suffix].jsonl (the ledger), gates[_suffix]/<model>/")
     p.add_argument("--no-heatmaps", action="store_true", help="skip `mtrec diagnose` of the gated models")
     p.add_argument("--report-only", action="store_true", help="train nothing: tables from the ledger")
     p.add_argument("--preprocess", default=PREPROCESS, choices=["log1p_zscore", "mtrec", "mmoeex", "mmoeex_aligned"],

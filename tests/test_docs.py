@@ -2,7 +2,7 @@
 
 - Every `docs/MATH.md §N` / `docs/STACK.md §N.M` citation in the repository names a heading that
   exists (`## N.` / `### N.M`).
-- No file of the repository refers to material outside it.
+- No file of the repository refers to material outside it; every relative Markdown link resolves.
 - The ```bash blocks of the user-facing sections run as written, in order, as one shell session in
   a scratch directory that looks like the checkout (symlinks to everything but `runs/`), with the
   venv first on PATH and MTREC_MAX_STEPS=20 so that every `mtrec train` stops after 20 steps.
@@ -71,6 +71,16 @@ def test_every_math_and_stack_citation_names_an_existing_heading():
                for (doc, number), files in sorted(cited.items())
                if number not in section_numbers(REPO / "docs" / f"{doc}.md")]
     assert not missing, "citations without a heading:\n" + "\n".join(missing)
+
+
+# Markdown links and images to files: [text](path) / ![alt](path), not URLs or #anchors.
+LINK = re.compile(r"\]\((?!https?://|#|mailto:)([^)\s#]+)(?:#[^)]*)?\)")
+
+
+def test_every_relative_link_of_the_markdown_files_points_to_a_file():
+    broken = [f"{path.relative_to(REPO)}: {target}" for path in repo_files() if path.suffix == ".md"
+              for target in LINK.findall(path.read_text()) if not (path.parent / target).exists()]
+    assert not broken, "links to nothing:\n" + "\n".join(broken)
 
 
 def test_no_file_refers_to_material_outside_the_repository():
