@@ -171,6 +171,9 @@ def tuning_lines(study: Study) -> list[str]:
         mark = " **(tuned)**" if setting == study.tuned else ""
         delta = f"{score[0] - off[0]:+.4f}" if off and setting != OFF else ""
         lines.append(f"| {setting.name}{mark} | {score[2]} | {fmt_mean_std(score)} | {delta} |")
+    if study.tuned is not None:
+        lines += ["", f"Tuned setting: `{study.tuned.name}` (the best λ at τ = 1, the best τ at λ = 0.5 and the best "
+                  "parts at the default, combined; it may be a setting the grid did not run)."]
     return lines
 
 
