@@ -119,6 +119,10 @@ def tuning_lines(ledger: Ledger, budget: Budget) -> list[str]:
 COMPARISONS = (
     *((f"AdaTT vs {other}, {n} experts/level", f"census_t5_adatt_{n}", f"census_t5_{key}_{n}", False, False)
       for n in (6, 9) for key, other in (("ple", "PLE"), ("mlmmoe", "ML-MMoE"))),
+    *((f"ML-MMoE vs PLE, {n} experts/level", f"census_t5_mlmmoe_{n}", f"census_t5_ple_{n}", False, False)
+      for n in (6, 9)),  # Table 5 ranks ML-MMoE above PLE
+    *((f"AdaTT (6 experts/level) vs {other}", "census_t5_adatt_6", f"census_{key}", False, False)
+      for key, other in (("mmoe", "MMoE"), ("shared_bottom", "shared-bottom"), ("cross_stitch", "cross-stitch"))),
     *((f"{label(m, False)}: DML on vs off", m, m, True, False) for m in MODELS if m in PAPER or m in UNGATED
       or m == "census_mmoe"),
 )
