@@ -1,4 +1,5 @@
-"""Shared machinery of the result benchmarks (census_table.py, correlation_sweep.py).
+"""Shared machinery of the result benchmarks (census_table.py, census_ablation.py, correlation_sweep.py,
+adult_table.py, dml_tuning.py).
 
 Every run goes through the project's own CLI, `mtrec train` then `mtrec evaluate` on the test
 split, never a side script: with one process per run, `pipeline.cli.main(argv)` is called inside a
