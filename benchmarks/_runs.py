@@ -315,6 +315,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def summarize(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n): one table cell, as fmt_mean_std prints it."""
+    return (*mean_std(values), len(values))
+
+
 def aggregate(reports: Sequence[Mapping[str, Mapping[str, Any]]], metrics: Sequence[str] = ("auc", "ne")
               ) -> dict[str, dict[str, tuple[float, float, int]]]:
     """{task: {metric: (mean, std, n)}} over {task: {metric: value}} reports (nulls are skipped)."""
@@ -323,7 +328,7 @@ def aggregate(reports: Sequence[Mapping[str, Mapping[str, Any]]], metrics: Seque
         for metric in metrics:
             values = [r[task][metric] for r in reports if r[task].get(metric) is not None]
             if values:
-                out.setdefault(task, {})[metric] = (*mean_std(values), len(values))
+                out.setdefault(task, {})[metric] = summarize(values)
     return out
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from _runs import (REPO, Budget, Ledger, RunSpec, chosen_names, fmt_mean_std, mean_std, prepare_dataset, records_for,
-                   run_all, task_mean)
+from _runs import (REPO, Budget, Ledger, RunSpec, chosen_names, fmt_mean_std, prepare_dataset, summarize,
+                   records_for, run_all, task_mean)
 from pipeline.config import EarlyStoppingConfig
 from pipeline.runtime.atomic import atomic_write_text
 
@@ -168,7 +168,7 @@ def dataset(name: str, runs: Path) -> tuple[Path, list[str]]:
 
 
 def fmt_row(values: Sequence[float]) -> str:
-    return fmt_mean_std((*mean_std(values), len(values)))
+    return fmt_mean_std(summarize(values))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> str:

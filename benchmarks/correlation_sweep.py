@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from _runs import (REPO, Budget, Ledger, RunSpec, chosen_names, mean_std, prepare_synthetic, records_for, run_all,
-                   task_mean)
+from _runs import (REPO, Budget, Ledger, RunSpec, chosen_names, prepare_synthetic, records_for, run_all,
+                   summarize, task_mean)
 from pipeline.runtime.atomic import atomic_write_text
 from pipeline.eval.plots import save_png
 
@@ -143,11 +143,11 @@ def main() -> None:
         records = records_for(ledger, cell_specs, budget)
         if records:
             run_s += sum(r["wall_s"] for r in records)
-            cell = cells.setdefault((variant, model, dml), {}).setdefault(correlation, {})
+            point = cells.setdefault((variant, model, dml), {}).setdefault(correlation, {})
             for metric, _ in METRICS:
                 values = [v for v in (task_mean(r["test"], metric) for r in records) if v is not None]
                 if values:
-                    cell[metric] = (*mean_std(values), len(values))
+                    point[metric] = summarize(values)
     if not cells:
         raise SystemExit(f"no finished run in {ledger.path}")
     wall = time.perf_counter() - started

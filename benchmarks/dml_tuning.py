@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from _runs import (REPO, Budget, ExtraEvaluation, Ledger, RunSpec, chosen_names, fmt_mean_std, mean_std,
-                   prepare_adult, prepare_dataset, prepare_synthetic, records_for, run_all, task_mean)
+from _runs import (REPO, Budget, ExtraEvaluation, Ledger, RunSpec, chosen_names, fmt_mean_std,
+                   prepare_adult, prepare_dataset, prepare_synthetic, records_for, run_all, summarize, task_mean)
 from pipeline.runtime.atomic import atomic_write_text
 
 LAMBDAS = (0.1, 0.3, 0.5, 1.0)  # GKD's mutual_weight λ; 0.5 is the config default
@@ -62,7 +62,7 @@ class Setting:
         return (*off, *knobs)
 
 
-OFF, DEFAULT = Setting("off"), Setting("both")
+OFF = Setting("off")
 GRID = tuple(dict.fromkeys((OFF, *(Setting("both", lam) for lam in LAMBDAS), *(Setting("both", tau=t) for t in TAUS),
                             *(Setting(p) for p in PARTS))))
 
@@ -130,7 +130,7 @@ def served(record: dict[str, Any], split: str, head: str) -> dict[str, Any]:
 
 
 def valid_score(records: Sequence[dict[str, Any]], head: str = "global") -> tuple[float, float, int]:
-    return (*mean_std([task_mean(served(r, "valid", head)) for r in records]), len(records))
+    return summarize([task_mean(served(r, "valid", head)) for r in records])
 
 
 def choose(scores: dict[Setting, tuple[float, float, int]]) -> Setting:
@@ -206,7 +206,7 @@ def final_lines(study: Study, ledger: Ledger, budget: Budget, seeds: int) -> lis
     lines = ["", f"Served head of `{study.tuned.name}` (chosen on validation; {len(tuned)} seeds):", "",
              "| head | valid AUC, mean of tasks | test AUC, mean of tasks |", "|---|---|---|"]
     for h in (HEADS if study.tuned.has_gkd else ("global",)):
-        test = (*mean_std([task_mean(served(r, "test", h)) for r in tuned]), len(tuned))
+        test = summarize([task_mean(served(r, "test", h)) for r in tuned])
         lines.append(f"| {h}{' **(served)**' if h == head else ''} | {fmt_mean_std(valid_score(tuned, h))} "
                      f"| {fmt_mean_std(test)} |")
     metrics: list[tuple[str, Callable[[dict], float]]] = [
@@ -220,7 +220,7 @@ def final_lines(study: Study, ledger: Ledger, budget: Budget, seeds: int) -> lis
     for label, value in metrics:
         off_value = lambda r, value=value: value(r["test"])  # noqa: E731
         tuned_value = lambda r, value=value: value(served(r, "test", head))  # noqa: E731
-        cells = [fmt_mean_std((*mean_std([f(r) for r in rs]), len(rs)))
+        cells = [fmt_mean_std(summarize([f(r) for r in rs]))
                  for f, rs in ((off_value, off), (tuned_value, tuned))]
         lines.append(f"| {label} | {' | '.join(cells)} | {paired(off, tuned, off_value, tuned_value)} |")
     return lines
