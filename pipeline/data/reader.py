@@ -34,6 +34,7 @@ from models.batch import MultiTaskBatch
 from pipeline.data.arrow_to_batch import ArrowBatchConverter, ReadStats, check_file_columns, kjt_from_arrays
 from pipeline.data.schema import DataError, DatasetSchema
 from pipeline.data.units import WorkUnit, assign_units, global_worker, list_units
+from pipeline.runtime.interrupts import interrupts_deferred
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +268,17 @@ class _WorkerDataError:
 
 
 class _BatchLoader(DataLoader):
-    """A DataLoader that hands out MultiTaskBatch, unpacking what workers sent as _PackedBatch."""
+    """A DataLoader that hands out MultiTaskBatch, unpacking what workers sent as _PackedBatch.
+
+    Starting the workers defers Ctrl-C: a KeyboardInterrupt inside PyTorch's worker iterator
+    constructor leaves a half-built object whose destructor prints an AttributeError traceback
+    ("no attribute '_shutdown'") over our one-line "interrupted at step N" message.
+    """
 
     def __iter__(self) -> Iterator[MultiTaskBatch]:
-        return _unpacked(super().__iter__())
+        with interrupts_deferred("starting the data loader workers"):
+            items = super().__iter__()
+        return _unpacked(items)
 
 
 def _unpacked(items: Iterator) -> Iterator[MultiTaskBatch]:

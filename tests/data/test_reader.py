@@ -174,3 +174,27 @@ def test_worker_count_must_match(tiny_dataset):
         make_loader(stream, 0)
     with pytest.raises(RuntimeError, match="make_loader"):
         next(iter(stream))
+
+
+def test_ctrl_c_while_workers_start_waits_for_a_whole_iterator(tiny_dataset, monkeypatch):
+    """Ctrl-C landing inside PyTorch's worker-iterator constructor (seen in CI: the test of `mtrec
+    train`'s Ctrl-C message) used to leave a half-built iterator whose destructor printed an
+    AttributeError traceback. Now the interrupt is held until the iterator is whole, then raised."""
+    import gc
+    import signal
+    import sys
+
+    real_queue = torch.multiprocessing.Queue
+
+    def queue_then_ctrl_c(*args, **kwargs):  # the constructor's first step, before `_shutdown` exists
+        signal.raise_signal(signal.SIGINT)
+        return real_queue(*args, **kwargs)
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    stream = _stream(tiny_dataset, num_workers=1)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(torch.multiprocessing, "Queue", queue_then_ctrl_c)
+        iter(make_loader(stream, 1))
+    gc.collect()
+    assert unraisable == []
