@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -30,7 +29,7 @@ import pyarrow.compute as pc
 from pipeline.runtime.atomic import atomic_dir
 from pipeline.data.census_mmoeex import PREPROCESS as MMOEEX_PREPROCESS, MMoEExEncoder
 from pipeline.data.census_raw import COLUMNS, RAW_FILES, numeric_column, raw_paths, read_raw, sha256
-from pipeline.data.schema import (DataError, DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
+from pipeline.data.schema import (DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
                                   existing_dataset)
 from pipeline.data.table.spec import DenseSpec
 from pipeline.data.table.transforms import DenseFitter, DenseStats, encode_dense

@@ -7,7 +7,6 @@ import logging
 import pytest
 import torch
 
-from models.config import ModelConfig
 from models.inputs import InputSpec, SparseFeature, Task
 from models.typed_config import ConfigError, from_dict
 from pipeline.config import JobConfig, ShardingConfig
