@@ -1,14 +1,26 @@
-"""Fixtures shared by every test package: the prepared census dataset and subprocess runners."""
+"""Fixtures shared by every test package: the prepared census dataset, subprocess runners and the
+repository's file list."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=1)
+def repo_files() -> tuple[Path, ...]:
+    """Tracked files plus untracked ones git does not ignore (new files count before the commit)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         check=True, capture_output=True).stdout.decode()
+    return tuple(REPO / name for name in sorted(set(out.split("\0"))) if name and (REPO / name).is_file())
+
+
 VENV_BIN = Path(sys.executable).parent
 
 

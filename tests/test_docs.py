@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, job_env
+from tests.conftest import REPO, job_env, repo_files
 
 # Citations: "docs/MATH.md §3.6", ranges "§3.6-3.7" / "§10.2–10.3" / "§0–§7" (both ends checked).
 CITATION = re.compile(r"docs/(MATH|STACK)\.md §(\d+(?:\.\d+)?)(?:\s*[-–]\s*§?(\d+(?:\.\d+)?))?")
@@ -32,14 +31,6 @@ DOC_SESSIONS = [
 ]
 # Top-level entries the scratch checkout does not link: outputs of earlier runs, git, caches.
 NOT_LINKED = {"runs", ".git", ".pytest_cache"}
-
-
-@lru_cache(maxsize=1)
-def repo_files() -> tuple[Path, ...]:
-    """Tracked files plus untracked ones git does not ignore (new files count before the commit)."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         check=True, capture_output=True).stdout.decode()
-    return tuple(REPO / name for name in sorted(set(out.split("\0"))) if name and (REPO / name).is_file())
 
 
 def section_numbers(doc: Path) -> set[str]:
