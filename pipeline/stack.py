@@ -53,4 +53,7 @@ def check_stack() -> dict[str, str]:
 if __name__ == "__main__":
     import sys
 
+    from pipeline.cli.logs import silence_benign
+
+    silence_benign()  # the set-up's last step shows one line, not TorchRec's import-time fx warning
     sys.stdout.write(f"stack ok: {check_stack()}\n")

@@ -77,6 +77,14 @@ def test_top_level_help_of_the_console_script():
     assert "COMMAND" in proc.stdout and "examples:" in proc.stdout
 
 
+
+def test_the_stack_check_that_ends_the_set_up_prints_one_line_and_no_warning():
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stack"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("stack ok: ") and proc.stdout.count("\n") == 1
+    assert proc.stderr == ""
+
 def test_the_walk_finds_every_command():
     assert {("train",), ("prepare", "census"), ("prepare", "synthetic"), ("evaluate",), ("compare",)} <= set(COMMANDS)
 

@@ -86,10 +86,11 @@ def setup_logging(verbose: bool, rank: int) -> None:
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG)
     logging.captureWarnings(True)  # Python warnings become log records: console and run log
-    _silence_benign()
+    silence_benign()
 
 
-def _silence_benign() -> None:
+def silence_benign() -> None:
+    """Drop the known-benign library messages above (also used by `python -m pipeline.stack`)."""
     for name, pattern in BENIGN_LOG_RECORDS:
         logging.getLogger(name).addFilter(_Drop(pattern))
     for message in BENIGN_WARNINGS:
