@@ -1,11 +1,13 @@
 """Build typed (frozen) dataclasses from plain YAML dicts, rejecting unknown keys by path.
 
 Shared by `models.config` and `pipeline.config`: one validator for every config section, and one
-YAML parser for config text (`parse_yaml`: safe_load plus an error for a duplicate key).
+YAML parser for config text (`parse_yaml`: safe_load that also reads `1e-5` as a number and rejects a
+duplicate key).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -19,9 +21,20 @@ class ConfigError(ValueError):
     """A config value is unknown, mistyped or impossible; the message names the key path."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that rejects a key repeated in one mapping (plain safe_load keeps the last
-    one silently, so a second `train:` section would quietly replace the first)."""
+# A number in exponent notation without a dot or without an exponent sign (`1e-5`, `3E4`, `1.0e5`):
+# YAML 1.1, which PyYAML implements, reads these as strings, so `lr: 1e-3` would fail as "expected a
+# number"; YAML 1.2 and JSON read them as numbers, and so do we.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads `1e-5` as a number and rejects a key repeated in one mapping
+    (plain safe_load keeps the last one silently, so a second `train:` section would quietly
+    replace the first)."""
+
+    # Own copies of the resolver lists: add_implicit_resolver would append to SafeLoader's.
+    yaml_implicit_resolvers = {first: list(resolvers) for first, resolvers in
+                               yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_line: dict[Any, int] = {}
@@ -41,10 +54,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """`yaml.safe_load(text)`, except that a duplicate key is an error; errors name `source`
-    (a file name, or e.g. "override 'a=b'")."""
-    loader = _UniqueKeyLoader(text)
+    """`yaml.safe_load(text)`, except that `1e-5` is a number and a duplicate key is an error;
+    errors name `source` (a file name, or e.g. "override 'a=b'")."""
+    loader = _ConfigLoader(text)
     loader.name = source  # what marks (line/column of an error) report as the stream's name
     try:
         return loader.get_single_data()

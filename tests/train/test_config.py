@@ -42,6 +42,22 @@ def test_overrides_parse_yaml_values(tmp_path):
         apply_overrides({}, ["train.epochs"])
 
 
+def test_exponent_notation_is_a_number_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-5` as the string '1e-5'; users write it in configs and overrides."""
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  dense_optimizer: {lr: 1e-3, weight_decay: 5E-6}\n  sparse_optimizer: {lr: .5e-1}\n")
+    cfg = load_job_config(p, ["train.dense_optimizer.weight_decay=1e-5"])
+    assert (cfg.train.dense_optimizer.lr, cfg.train.dense_optimizer.weight_decay) == (1e-3, 1e-5)
+    assert cfg.train.sparse_optimizer.lr == 0.05
+    assert yaml.safe_load("1e-5") == "1e-5"  # the plain loader is left as it is (no global change)
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer"):
+        load_job_config(p, ["train.epochs=1e1"])  # a float where an integer goes is still refused
+    with pytest.raises(ConfigError, match=r"train.dense_optimizer.lr: expected a number, got '1e-5x'"):
+        load_job_config(p, ["train.dense_optimizer.lr=1e-5x"])
+
+
 def test_row_wise_on_cpu_is_rejected_naming_the_table():
     cfg = ShardingConfig(tables={"t_b": TableShardingConfig(sharding_types=("row_wise",))})
     with pytest.raises(ConfigError, match=r"sharding.tables.t_b: .*\['row_wise'\] for table t_b need GPUs"):

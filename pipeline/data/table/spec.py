@@ -1,9 +1,10 @@
 """The import spec of `mtrec prepare table`: typed dataclasses parsed from YAML, and their checks.
 
-`load_spec(path)` reads the file with `yaml.safe_load` and builds `TableSpec` with
-`models.typed_config.from_dict`: an unknown key is a ConfigError naming the key path (e.g.
-`spec.yaml: categorical[2]: unknown key(s) ['bukets'] ...`), and every `validate(path)` below checks
-what a type cannot say (a rule with two operators, a hash feature without `buckets`, ...).
+`load_spec(path)` reads the file with the configs' YAML parser (safe_load, `1e6` a number, a duplicate
+key an error) and builds `TableSpec` with `models.typed_config.from_dict`: an unknown key is a
+ConfigError naming the key path (e.g. `spec.yaml: categorical[2]: unknown key(s) ['bukets'] ...`),
+and every `validate(path)` below checks what a type cannot say (a rule with two operators, a hash
+feature without `buckets`, ...).
 docs/DATA.md "Bring your own data" is the reference of every key.
 """
 from __future__ import annotations
@@ -13,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-import yaml
-
-from models.typed_config import ConfigError, from_dict
+from models.typed_config import ConfigError, from_dict, parse_yaml
 from pipeline.data.schema import SPLITS
 
 Format = Literal["csv", "tsv", "parquet", "jsonl"]
@@ -310,10 +309,7 @@ def load_spec(path: str | Path) -> TableSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such spec file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))  # the configs' parser: 1e6, duplicate keys
     try:
         return from_dict(TableSpec, raw)
     except ConfigError as e:
