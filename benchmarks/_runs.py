@@ -256,7 +256,9 @@ def train_and_evaluate(spec: RunSpec, data: Path, root: Path, budget: Budget) ->
         return compact(load_report(report_dir))
 
     evaluated_step = summary["best_step"] if checkpoint != run_dir else None
+    config = spec.config.resolve()
     record = {"key": spec.key, "model": spec.model, "dml": spec.dml, "seed": spec.seed, "budget": asdict(budget),
+              "config": config.relative_to(REPO).as_posix() if config.is_relative_to(REPO) else str(config),
               "overrides": list(spec.overrides), "steps": summary["steps"], "best_step": summary["best_step"],
               "evaluated_step": evaluated_step, "stopped_early": summary["stopped_early"],
               "valid": compact(validation_at(run_dir, evaluated_step)), "test": evaluate("test", "test"),

@@ -140,6 +140,32 @@ def test_ablation_refuses_a_row_redefined_after_its_runs(runs, tmp_path):
     ledger.add({"key": spec.key, "budget": dataclasses.asdict(budget), "overrides": ["train.batch_size=64"]})
     with pytest.raises(SystemExit, match="emb_adam"):
         ablation.check_definitions(ledger, ["emb_adam"], 3, budget)
+    ledger.add({"key": spec.key, "budget": dataclasses.asdict(budget), "overrides": list(spec.overrides),
+                "config": "configs/census_adatt.yaml"})  # the shipped recipe moved on: not this row
+    with pytest.raises(SystemExit, match="census_adatt.yaml"):
+        ablation.check_definitions(ledger, ["emb_adam"], 3, budget)
+
+
+def test_ablation_factor_rows_keep_the_recipe_they_were_measured_with(runs):
+    """The factor rows' config is census_adatt.yaml with the census recipe as it was before the
+    study; only the three keys the study changed differ from the shipped config."""
+    import yaml
+
+    from pipeline.config import dump_job_config, load_job_config
+
+    ablation = importlib.import_module("census_ablation")
+    assert {ablation.ROWS[name].config for name in ablation.ABLATION} == {
+        "benchmarks/configs/census_adatt_before_ablation.yaml"}
+    assert {ablation.ROWS[name].config for name in ablation.FINAL} == {"configs/census_adatt.yaml"}
+    root = BENCHMARKS.parent
+    before, shipped = (yaml.safe_load(dump_job_config(load_job_config(root / path)))
+                       for path in ("benchmarks/configs/census_adatt_before_ablation.yaml", "configs/census_adatt.yaml"))
+    assert before["sharding"]["default"]["sharding_types"] == ["table_wise"]
+    assert (before["train"]["epochs"], before["train"]["early_stopping"]["task"]) == (8, "education")
+    for changed in (before, shipped):
+        del changed["sharding"]["default"]["sharding_types"], changed["train"]["epochs"]
+        del changed["train"]["early_stopping"]["task"]
+    assert before == shipped
 
 
 @pytest.mark.parametrize("script", ["census_table.py", "correlation_sweep.py", "census_ablation.py", "dml_tuning.py"])
