@@ -1,8 +1,8 @@
 """Build typed (frozen) dataclasses from plain YAML dicts, rejecting unknown keys by path.
 
 Shared by `models.config` and `pipeline.config`: one validator for every config section, and one
-YAML parser for config text (`parse_yaml`: safe_load that also reads `1e-5` as a number and rejects a
-duplicate key).
+YAML parser for config text (`parse_yaml`: safe_load with YAML 1.2's numbers and booleans, and an
+error for a duplicate key).
 """
 from __future__ import annotations
 
@@ -21,20 +21,34 @@ class ConfigError(ValueError):
     """A config value is unknown, mistyped or impossible; the message names the key path."""
 
 
-# A number in exponent notation without a dot or without an exponent sign (`1e-5`, `3E4`, `1.0e5`):
-# YAML 1.1, which PyYAML implements, reads these as strings, so `lr: 1e-3` would fail as "expected a
-# number"; YAML 1.2 and JSON read them as numbers, and so do we.
+# mtrec reads its YAML files (configs, table specs, overrides) like YAML 1.2, where PyYAML
+# implements YAML 1.1, in three places where 1.1 surprises people:
+# - `1e-5`, `3E4`, `1.0e5` are numbers (1.1 wants a dot and a signed exponent: `lr: 1e-3` was a string);
+# - only true/false are booleans: `yes`, `no`, `on`, `off` are text (`equals: yes` matches "yes");
+# - an integer with a leading zero (`010`: octal 8 in 1.1) or a colon (`1:30`: base 60) is an error
+#   asking to quote it or write it plainly, instead of a number the user did not mean.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that reads `1e-5` as a number and rejects a key repeated in one mapping
-    (plain safe_load keeps the last one silently, so a second `train:` section would quietly
+    """yaml.SafeLoader with the YAML 1.2 readings above, that also rejects a key repeated in one
+    mapping (plain safe_load keeps the last one silently, so a second `train:` section would quietly
     replace the first)."""
 
-    # Own copies of the resolver lists: add_implicit_resolver would append to SafeLoader's.
-    yaml_implicit_resolvers = {first: list(resolvers) for first, resolvers in
-                               yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    # Own copies of the resolver lists (add_implicit_resolver would append to SafeLoader's), without
+    # YAML 1.1's yes/no/on/off booleans.
+    yaml_implicit_resolvers = {first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL_TAG]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _refuse_ambiguous_number(self, node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _refuse_ambiguous_number(self, node)
+        return super().construct_yaml_float(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_line: dict[Any, int] = {}
@@ -54,11 +68,24 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _refuse_ambiguous_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> None:
+    text = node.value.replace("_", "").lstrip("+-")
+    leading_zero = len(text) > 1 and text[0] == "0" and text.isdigit()
+    if leading_zero or ":" in text:
+        meaning = "octal" if leading_zero else "base 60"
+        raise ConfigError(f"{loader.name}: {node.value!r} at line {node.start_mark.line + 1} is ambiguous "
+                          f"(YAML 1.1 reads it as {meaning}, {yaml.safe_load(node.value)}): quote it for text, "
+                          f"or write the number without a leading zero or colon")
+
+
+_ConfigLoader.add_implicit_resolver(_BOOL_TAG, _BOOL, list("tTfF"))
 _ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_yaml_float)
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """`yaml.safe_load(text)`, except that `1e-5` is a number and a duplicate key is an error;
+    """`yaml.safe_load(text)` with the YAML 1.2 readings above, and a duplicate key as an error;
     errors name `source` (a file name, or e.g. "override 'a=b'")."""
     loader = _ConfigLoader(text)
     loader.name = source  # what marks (line/column of an error) report as the stream's name

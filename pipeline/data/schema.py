@@ -1,7 +1,7 @@
 """The dataset contract: `schema.yaml` plus `train/`, `valid/`, `test/` directories of Parquet files.
 
-Reading side: `DatasetSchema.load(dir)` parses schema.yaml (yaml.safe_load, unknown keys are errors
-naming the key path) into frozen dataclasses; the trainer and the evaluator use `input_spec()`,
+Reading side: `DatasetSchema.load(dir)` parses schema.yaml (the configs' YAML parser, unknown keys are
+errors naming the key path) into frozen dataclasses; the trainer and the evaluator use `input_spec()`,
 `split_paths(split)` and `columns()`. Writing side: `SplitWriter` streams Arrow tables into a split's
 Parquet files (zstd, statistics, exact row groups) and `DatasetSchema.save` writes schema.yaml.
 docs/DATA.md is the human-readable reference of every key.
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from models.inputs import InputSpec, Pooling, SparseFeature, Task, TaskKind
-from models.typed_config import ConfigError, from_dict, to_dict
+from models.typed_config import ConfigError, from_dict, parse_yaml, to_dict
 from pipeline.runtime.atomic import atomic_write_text
 
 SCHEMA_FILE = "schema.yaml"
@@ -155,7 +155,7 @@ class DatasetSchema:
         file = Path(dataset_dir) / SCHEMA_FILE
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no schema.yaml (is {dataset_dir} a dataset written by `mtrec prepare`?)")
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = parse_yaml(file.read_text(encoding="utf-8"), str(file))  # the configs' parser (docs/TRAINING.md)
         if isinstance(raw, dict) and "root" in raw:
             raise ConfigError(f"{file}: root: not allowed in schema.yaml (set from the file's location)")
         try:

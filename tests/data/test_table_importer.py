@@ -310,3 +310,17 @@ def test_reader_thread_casts_clean_counters_and_leaves_bad_ones_to_the_encoder(t
     np.testing.assert_array_equal(as_numbers(batch, "a")[0], [1.0, np.nan, 4.0])
     with pytest.raises(DataError, match=r"log.csv: line 4, column 'b': not a number: 'oops'"):
         as_numbers(batch, "b")
+
+
+def test_an_unquoted_yes_in_a_hand_written_spec_matches_the_text_yes(tmp_path):
+    """YAML 1.1 would make `equals: yes` the boolean True; mtrec reads it as the text a log holds."""
+    lines = ["id,x,subscribed"] + [f"k{i},{i},{'yes' if i % 3 == 0 else 'no'}" for i in range(30)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: yn\ninputs: {files: {train: [log.csv], test: [log.csv]}}\n"
+                    "splits: {method: hash, column: id, fractions: {valid: 0.2}}\n"
+                    "dense: [{name: x}]\n"
+                    "tasks:\n  - {name: subscribed, label: {column: subscribed, equals: yes}}\n")
+    prepare_table(spec, tmp_path / "ds")
+    test = read_split(tmp_path / "ds", "test")
+    assert test["label_subscribed"] == [float(i % 3 == 0) for i in range(30)]

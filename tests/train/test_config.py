@@ -58,6 +58,31 @@ def test_exponent_notation_is_a_number_in_files_and_overrides(tmp_path):
         load_job_config(p, ["train.dense_optimizer.lr=1e-5x"])
 
 
+def test_yes_no_on_off_are_text_and_only_true_false_are_booleans(tmp_path):
+    from models.typed_config import parse_yaml
+
+    assert parse_yaml("[yes, no, on, off, Y, true, False]", "x") == ["yes", "no", "on", "off", "Y", True, False]
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  dml:\n    ctfm: {enabled: yes}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: model.dml.ctfm.enabled: expected true/false, got 'yes'"):
+        load_job_config(p)
+
+
+@pytest.mark.parametrize("text, meaning", [("010", "octal, 8"), ("1:30", "base 60, 90")])
+def test_yaml_1_1_octal_and_base_60_integers_are_refused_naming_file_and_line(tmp_path, text, meaning):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"train:\n  epochs: 1\n  batch_size: {text}\n")
+    with pytest.raises(ConfigError, match=rf"c.yaml: '{text}' at line 3 is ambiguous \(YAML 1.1 reads it as {meaning}\)"):
+        load_job_config(p)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    with pytest.raises(ConfigError, match=rf"override 'train.batch_size={text}': '{text}' at line 1 is ambiguous"):
+        load_job_config(empty, [f"train.batch_size={text}"])
+    p.write_text(f"train:\n  batch_size: '{text}'\n")  # quoted: the text, refused by the type check
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected an integer"):
+        load_job_config(p)
+
+
 def test_row_wise_on_cpu_is_rejected_naming_the_table():
     cfg = ShardingConfig(tables={"t_b": TableShardingConfig(sharding_types=("row_wise",))})
     with pytest.raises(ConfigError, match=r"sharding.tables.t_b: .*\['row_wise'\] for table t_b need GPUs"):
