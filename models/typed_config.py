@@ -25,11 +25,13 @@ class ConfigError(ValueError):
 # implements YAML 1.1, in three places where 1.1 surprises people:
 # - `1e-5`, `3E4`, `1.0e5` are numbers (1.1 wants a dot and a signed exponent: `lr: 1e-3` was a string);
 # - only true/false are booleans: `yes`, `no`, `on`, `off` are text (`equals: yes` matches "yes");
+# - dates and times are text (`cutoffs: {valid: 2024-01-08}`), parsed where a key expects one;
 # - an integer with a leading zero (`010`: octal 8 in 1.1) or a colon (`1:30`: base 60) is an error
 #   asking to quote it or write it plainly, instead of a number the user did not mean.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _BOOL_TAG = "tag:yaml.org,2002:bool"
+_DROPPED_TAGS = (_BOOL_TAG, "tag:yaml.org,2002:timestamp")
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -38,8 +40,8 @@ class _ConfigLoader(yaml.SafeLoader):
     replace the first)."""
 
     # Own copies of the resolver lists (add_implicit_resolver would append to SafeLoader's), without
-    # YAML 1.1's yes/no/on/off booleans.
-    yaml_implicit_resolvers = {first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL_TAG]
+    # YAML 1.1's yes/no/on/off booleans and timestamps.
+    yaml_implicit_resolvers = {first: [(tag, regex) for tag, regex in resolvers if tag not in _DROPPED_TAGS]
                                for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
@@ -82,6 +84,22 @@ _ConfigLoader.add_implicit_resolver(_BOOL_TAG, _BOOL, list("tTfF"))
 _ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
 _ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_yaml_float)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """yaml.SafeDumper that quotes a string parse_yaml would read as a number (`'1e5'`); YAML 1.1's
+    own readings (`'yes'`, `'010'`) are quoted by SafeDumper already."""
+
+    yaml_implicit_resolvers = {first: list(resolvers) for first, resolvers in
+                               yaml.SafeDumper.yaml_implicit_resolvers.items()}
+
+
+_ConfigDumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """`yaml.safe_dump(data, **options)` whose text parse_yaml reads back as `data`."""
+    return yaml.dump(data, Dumper=_ConfigDumper, **options)
 
 
 def parse_yaml(text: str, source: str) -> Any:

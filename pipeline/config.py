@@ -14,10 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence
 
-import yaml
-
 from models.config import ModelConfig
-from models.typed_config import ConfigError, from_dict, parse_yaml, to_dict
+from models.typed_config import ConfigError, dump_yaml, from_dict, parse_yaml, to_dict
 
 EXTENDS = "extends"  # top-level key: the path of the base config, relative to this file
 MAX_STEPS_ENV = "MTREC_MAX_STEPS"  # caps train.max_steps of `mtrec train` (docs/TRAINING.md)
@@ -315,4 +313,4 @@ def train_job_config(path: str | Path, overrides: Sequence[str] = (), *, max_ste
 
 def dump_job_config(cfg: JobConfig) -> str:
     """The resolved config as YAML (written next to every run)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return dump_yaml(to_dict(cfg), sort_keys=False)

@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Optional
 
-import yaml
-
 from models.config import BackboneConfig, CTFMConfig, DMLConfig, EmbeddingConfig, GKDConfig, LossConfig, ModelConfig
-from models.typed_config import ConfigError, to_dict
+from models.typed_config import ConfigError, dump_yaml, to_dict
 from pipeline.config import (DataConfig, EarlyStoppingConfig, EvalConfig, JobConfig, ShardingConfig,
                              TableShardingConfig, TrainConfig)
 if TYPE_CHECKING:  # the dataset contract pulls in numpy/pyarrow; the CLI imports this module for MODELS
@@ -157,7 +155,7 @@ def _render(node: dict[str, Any], path: str, depth: int, lines: list[str], notes
 
 
 def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("\n...")
+    return dump_yaml(value, default_flow_style=True, width=1 << 20).strip().removesuffix("\n...")
 
 
 def init_config(data: str, model: str, out: str, dml: bool = False, watch: Optional[str] = None) -> str:

@@ -17,10 +17,9 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from models.inputs import InputSpec, Pooling, SparseFeature, Task, TaskKind
-from models.typed_config import ConfigError, from_dict, parse_yaml, to_dict
+from models.typed_config import ConfigError, dump_yaml, from_dict, parse_yaml, to_dict
 from pipeline.runtime.atomic import atomic_write_text
 
 SCHEMA_FILE = "schema.yaml"
@@ -169,7 +168,7 @@ class DatasetSchema:
         data = to_dict(replace(self, root=None))
         del data["root"]
         header = "# mtrec dataset schema; every key is described in docs/DATA.md\n"
-        return header + yaml.safe_dump(data, sort_keys=False)
+        return header + dump_yaml(data, sort_keys=False)
 
     def save(self, dataset_dir: str | os.PathLike) -> None:
         """Write schema.yaml into `dataset_dir` atomically."""
@@ -238,7 +237,7 @@ def existing_dataset(out: str | os.PathLike, params: dict[str, Any], *, overwrit
         raise DatasetExistsError(f"{out} exists and is not an mtrec dataset; remove it or choose another --out")
     existing = DatasetSchema.load(out)
     have = existing.prep.get("params", {})
-    wanted = yaml.safe_load(yaml.safe_dump(params, sort_keys=False))  # normalise as stored (tuples -> lists)
+    wanted = parse_yaml(dump_yaml(params, sort_keys=False), "params")  # normalise as stored (tuples -> lists)
     if have != wanted:
         changed = sorted(k for k in set(wanted) | set(have) if have.get(k) != wanted.get(k))
         raise DatasetExistsError(

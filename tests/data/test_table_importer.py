@@ -324,3 +324,17 @@ def test_an_unquoted_yes_in_a_hand_written_spec_matches_the_text_yes(tmp_path):
     prepare_table(spec, tmp_path / "ds")
     test = read_split(tmp_path / "ds", "test")
     assert test["label_subscribed"] == [float(i % 3 == 0) for i in range(30)]
+
+
+def test_unquoted_dates_as_time_cutoffs_give_the_same_dataset(hard_csv, tmp_path):
+    """A hand-written `cutoffs: {valid: 2024-01-08}` is the text of the date (YAML 1.1: a date object)."""
+    text = hard_csv.read_text()
+    assert "'2024-01-08'" in text
+    unquoted = tmp_path / "unquoted" / "spec.yaml"
+    unquoted.parent.mkdir()
+    unquoted.write_text(text.replace("'2024-01-08'", "2024-01-08").replace("'2024-01-09'", "2024-01-09"))
+    (unquoted.parent / "log.csv").write_text((tmp_path / "log.csv").read_text())
+    prepare_table(hard_csv, tmp_path / "quoted_ds")
+    prepare_table(unquoted, tmp_path / "unquoted_ds")
+    for split in SPLIT_LINES:
+        assert read_split(tmp_path / "unquoted_ds", split) == read_split(tmp_path / "quoted_ds", split)

@@ -58,14 +58,25 @@ def test_exponent_notation_is_a_number_in_files_and_overrides(tmp_path):
         load_job_config(p, ["train.dense_optimizer.lr=1e-5x"])
 
 
-def test_yes_no_on_off_are_text_and_only_true_false_are_booleans(tmp_path):
+def test_yes_no_on_off_and_dates_are_text_and_only_true_false_are_booleans(tmp_path):
     from models.typed_config import parse_yaml
 
     assert parse_yaml("[yes, no, on, off, Y, true, False]", "x") == ["yes", "no", "on", "off", "Y", True, False]
+    assert parse_yaml("[2024-01-08, 2024-01-09 10:00:00]", "x") == ["2024-01-08", "2024-01-09 10:00:00"]
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  dml:\n    ctfm: {enabled: yes}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: model.dml.ctfm.enabled: expected true/false, got 'yes'"):
         load_job_config(p)
+
+
+def test_what_mtrec_writes_it_reads_back_unchanged():
+    """RUN/config.yaml and schema.yaml are written by dump_yaml and read by parse_yaml: a string that
+    YAML 1.2 reads as a number ('1e5') is quoted on the way out."""
+    from models.typed_config import dump_yaml, parse_yaml
+
+    data = {"names": ["1e5", "yes", "010", "1:30", "on", "2024-01-08", "-3E2"], "lr": 1e-5, "flag": True}
+    assert parse_yaml(dump_yaml(data, sort_keys=False), "x") == data
+    assert parse_yaml(dump_yaml(data, default_flow_style=True), "x") == data
 
 
 @pytest.mark.parametrize("text, meaning", [("010", "octal, 8"), ("1:30", "base 60, 90")])
