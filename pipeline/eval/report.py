@@ -143,14 +143,47 @@ def _delta(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None else f"{b - a:+.6f}"
 
 
-def compare_reports(path_a: str | os.PathLike, path_b: str | os.PathLike) -> str:
+# The label statistics of a task that depend on the examples only, never on the model.
+_LABEL_KEYS = ("count", "weighted_count", "positive_rate", "mean_label")
+
+
+class DifferentDataError(ValueError):
+    """Two reports to compare were not computed on the same examples."""
+
+
+def label_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """One line per task in both reports whose label statistics differ: the two reports were
+    computed on different examples. Equal up to 1e-9 relative (sums in another rank order)."""
+    lines = []
+    for name in (n for n in a["tasks"] if n in b["tasks"]):
+        ma, mb = a["tasks"][name], b["tasks"][name]
+        for key in _LABEL_KEYS:
+            va, vb = ma.get(key), mb.get(key)
+            if va is None and vb is None:
+                continue
+            if va is None or vb is None or not np.isclose(va, vb, rtol=1e-9, atol=1e-12):
+                lines.append(f"task {name}: {key} {_fmt(va)} in A, {_fmt(vb)} in B")
+                break
+    return lines
+
+
+def compare_reports(path_a: str | os.PathLike, path_b: str | os.PathLike, different_data: bool = False) -> str:
     """Per-task deltas of report B against report A as a Markdown table.
 
     Binary tasks: NE A, NE B, NE diff % = 100·(NE_B − NE_A)/NE_A, AUC A, AUC B, AUC delta,
     calibration A and B. Regression tasks: MSE and MAE with diff %. A task missing from one report
-    shows n/a.
+    shows n/a. A and B must hold the same examples (every shared task's label count, weight and
+    positive rate or label mean agree), else DifferentDataError, unless `different_data`: the
+    deltas of two models are only theirs on the same log.
     """
     a, b = load_report(path_a), load_report(path_b)
+    mismatch = label_differences(a, b)
+    if mismatch and not different_data:
+        raise DifferentDataError(
+            f"{path_a} and {path_b} were not computed on the same examples ({'; '.join(mismatch)}; data "
+            f"{a.get('data', a.get('inputs', {}).get('predictions', '?'))} vs "
+            f"{b.get('data', b.get('inputs', {}).get('predictions', '?'))}): their deltas would mix the models with "
+            "the data. Score both models on the same split, or pass --different-data to compare anyway")
     names = list(a["tasks"]) + [n for n in b["tasks"] if n not in a["tasks"]]
     empty: dict[str, Any] = {}
     binary, regression = [], []
@@ -165,7 +198,9 @@ def compare_reports(path_a: str | os.PathLike, path_b: str | os.PathLike) -> str
             binary.append([name, _fmt(ma.get("ne")), _fmt(mb.get("ne")), _diff_percent(ma.get("ne"), mb.get("ne")),
                            _fmt(ma.get("auc")), _fmt(mb.get("auc")), _delta(ma.get("auc"), mb.get("auc")),
                            _fmt(ma.get("calibration")), _fmt(mb.get("calibration"))])
-    lines = [f"A: {path_a} ({a.get('rows', 0):,} rows)", f"B: {path_b} ({b.get('rows', 0):,} rows)", ""]
+    lines = [f"A: {path_a} ({a.get('rows', 0):,} rows)", f"B: {path_b} ({b.get('rows', 0):,} rows)",
+             ("DIFFERENT EXAMPLES (--different-data): " + "; ".join(mismatch) if mismatch else
+              "same examples: the shared tasks' label counts and rates agree"), ""]
     if binary:
         lines += _table(["task", "NE A", "NE B", "NE diff %", "AUC A", "AUC B", "AUC delta",
                          "calibration A", "calibration B"], binary) + [""]

@@ -243,3 +243,23 @@ def test_compare_prints_ne_diff_percent(logs, tmp_path, capsys):
     assert "NE diff %" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no report"):
         compare_reports(a, tmp_path / "missing")
+
+
+def test_compare_refuses_reports_of_different_examples_unless_asked(logs, tmp_path, capsys):
+    """Two models scored on different splits (valid vs test) are no A/B: refused, naming the task."""
+    directory, _ = logs
+    a = tmp_path / "a"
+    run_metrics(_job(directory, a, plots=False))
+    report = json.loads((a / "report.json").read_text())
+    report["tasks"]["a"]["positive_rate"] *= 1.01  # another split: other labels, whatever the rows
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"not computed on the same examples \(task a: positive_rate .* in A, .* in B"):
+        compare_reports(a, b)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", str(a), str(b)])
+    assert exit_info.value.code == 2 and "--different-data" in capsys.readouterr().err
+    text = compare_reports(a, b, different_data=True)
+    assert "DIFFERENT EXAMPLES (--different-data): task a: positive_rate" in text and "| a |" in text
+    assert "same examples" in compare_reports(a, a)
