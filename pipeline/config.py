@@ -311,6 +311,50 @@ def train_job_config(path: str | Path, overrides: Sequence[str] = (), *, max_ste
     return cfg
 
 
+# Keys a resumed run may change: budgets, validation/checkpoint/logging cadence, loader processes, the
+# sharding plan (the checkpoint layer checks the layouts) and evaluation. Every other key (the model,
+# the optimisers and LR schedule, the batch size, the seed, what early stopping watches) is part of
+# what the run trains: changing it under the same run directory would mix two trainings in one run.
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stopping.patience", "train.validate_every_steps",
+                     "train.validation_max_batches", "train.checkpoint_every_steps", "train.keep_last_checkpoints",
+                     "train.log_every_steps", "data.", "sharding.", "eval.")
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(key path, saved value, current value) of every leaf that differs between two resolved
+    configs (as dicts), in key order."""
+    changes = []
+    for key in [*saved, *(k for k in current if k not in saved)]:
+        path, old, new = f"{prefix}{key}", saved.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changes += config_changes(old, new, f"{path}.")
+        elif old != new:
+            changes.append((path, old, new))
+    return changes
+
+
+def check_resumed_config(saved_text: str, source: str, cfg: JobConfig, accept: bool) -> list[str]:
+    """The changes of `cfg` against the config a run was trained with (`saved_text`, from `source`)
+    as "key: old -> new" lines. A change outside RESUMABLE_CHANGES is a ConfigError unless `accept`."""
+    saved = parse_yaml(saved_text, source)
+    try:  # with this version's defaults for keys an older mtrec did not write
+        saved = to_dict(from_dict(JobConfig, saved))
+    except ConfigError:  # a key this version no longer has: compared as written
+        pass
+    changes = config_changes(saved, to_dict(cfg))
+    refused = [f"{key}: {old!r} -> {new!r}" for key, old, new in changes if not _resumable(key)]
+    if refused and not accept:
+        raise ConfigError(f"{source}: the run was trained with another config ({'; '.join(refused)}): resuming it "
+                          "would mix two trainings in one run. Use another --out with --init-from RUN to fine-tune "
+                          "from its weights, --no-resume to start over, or --accept-config-changes to continue it "
+                          "under the new config")
+    return [f"{key}: {old!r} -> {new!r}" for key, old, new in changes]
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUMABLE_CHANGES)
+
+
 def dump_job_config(cfg: JobConfig) -> str:
     """The resolved config as YAML (written next to every run)."""
     return dump_yaml(to_dict(cfg), sort_keys=False)

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest complete checkpoint (automatic when --out has one)")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if --out has checkpoints")
+    p.add_argument("--accept-config-changes", action="store_true",
+                   help="resume although the model, optimiser, batch size or seed differ from the run's checkpoint "
+                        "(refused without it; budgets, cadences, workers, sharding and eval may always change)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="fine-tune: start from the model weights of a checkpoint or run directory (any world "
                         "size and plan; fresh optimizer and data position); ignored when --out has checkpoints")

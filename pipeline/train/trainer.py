@@ -32,7 +32,7 @@ from models.factory import build_model
 from models.inputs import InputSpec
 from models.multitask_model import MultiTaskModel
 from models.typed_config import ConfigError
-from pipeline.config import JobConfig, dump_job_config, train_job_config
+from pipeline.config import JobConfig, check_resumed_config, dump_job_config, train_job_config
 from pipeline.runtime.atomic import atomic_write_text
 from pipeline.data.reader import ParquetBatchStream, make_loader
 from pipeline.train.data_position import StreamSettings, consumed_keys, train_stream
@@ -72,6 +72,8 @@ def train_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     """Entry point of `mtrec train`; returns the run summary on rank 0 (None elsewhere)."""
     cfg = _job_config(args)
     schema = DatasetSchema.load(args.data)
+    if not args.no_resume:
+        check_resumable(cfg, Path(args.out), args.accept_config_changes)
     ctx = init_distributed()
     try:
         trainer = Trainer(cfg, schema, Path(args.out), ctx)
@@ -84,6 +86,20 @@ def train_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return summary if ctx.is_main else None
     finally:
         shutdown_distributed()
+
+
+def check_resumable(cfg: JobConfig, run_dir: Path, accept_changes: bool) -> None:
+    """A run directory with checkpoints is resumed under the config it was trained with, up to the
+    keys a resumed run may change (pipeline/config.py RESUMABLE_CHANGES); `accept_changes` lets the
+    others through with a warning. Checked before anything is built or RUN/config.yaml is rewritten."""
+    found = ckpt.complete_checkpoints(run_dir)
+    if not found or not (found[-1] / ckpt.CONFIG_FILE).is_file():
+        return
+    saved = found[-1] / ckpt.CONFIG_FILE
+    changes = check_resumed_config(saved.read_text(encoding="utf-8"), str(saved), cfg, accept_changes)
+    if changes and os.environ.get("RANK", "0") == "0":
+        log.log(logging.WARNING if accept_changes else logging.INFO, "resuming %s under a changed config: %s",
+                run_dir, "; ".join(changes))
 
 
 def _job_config(args: argparse.Namespace) -> JobConfig:

@@ -111,3 +111,25 @@ def test_default_constraints_apply_to_every_table():
     cfg = ShardingConfig(default=TableShardingConfig(sharding_types=("column_wise",)))
     cons = build_constraints(cfg, INPUTS, "cpu")
     assert {k: v.sharding_types for k, v in cons.items()} == {"t_a": ["column_wise"], "t_b": ["column_wise"]}
+
+
+def test_a_resumed_run_may_change_budgets_and_plans_but_not_what_it_trains(tmp_path):
+    from pipeline.config import check_resumed_config, dump_job_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("train: {epochs: 1}\n")
+    saved = dump_job_config(load_job_config(p))
+    allowed = load_job_config(p, ["train.epochs=3", "train.early_stopping.patience=5", "data.num_workers=0",
+                                  "sharding.default.sharding_types=[column_wise]", "eval.batch_size=64"])
+    lines = check_resumed_config(saved, "ckpt/config.yaml", allowed, accept=False)
+    assert len(lines) == 5 and "train.epochs: 1 -> 3" in lines
+    older = saved.replace("  precision: fp32\n", "")  # written before the key existed: its default
+    assert older != saved and check_resumed_config(older, "x", load_job_config(p), accept=False) == []
+    for override, key in (("model.tower_mlp=[8]", "model.tower_mlp"), ("train.seed=1", "train.seed"),
+                          ("train.batch_size=64", "train.batch_size"),
+                          ("train.early_stopping.task=mean", "train.early_stopping.task")):
+        changed = load_job_config(p, [override, "train.epochs=3"])
+        with pytest.raises(ConfigError, match=rf"ckpt/config.yaml: the run was trained with another config \({key}: "):
+            check_resumed_config(saved, "ckpt/config.yaml", changed, accept=False)
+        assert any(line.startswith(key) for line in check_resumed_config(saved, "x", changed, accept=True))
+

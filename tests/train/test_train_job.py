@@ -46,6 +46,24 @@ def test_finished_run_continues_with_a_larger_budget(census_dir, trained_2ranks,
     assert json.loads((run / "summary.json").read_text())["steps"] == 50
 
 
+def test_resuming_under_another_training_config_is_refused_unless_accepted(census_dir, trained_2ranks, tmp_path):
+    """The same --out with another learning rate would mix two trainings in one run: exit 2 naming the
+    key and the ways out, before anything is built; RUN/config.yaml keeps the trained config."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_2ranks, run)
+    before = (run / "config.yaml").read_text()
+    args = ("train", "--config", CONFIG, "--data", str(census_dir), "--out", str(run), "--max-steps", "45",
+            "train.dense_optimizer.lr=0.01", "data.num_workers=0")
+    proc = mtrec(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "train.dense_optimizer.lr: 0.001 -> 0.01" in proc.stderr and "--init-from" in proc.stderr
+    assert "max_steps" not in proc.stderr and "num_workers" not in proc.stderr  # budgets and workers may change
+    assert (run / "config.yaml").read_text() == before and not _events(run, "resume")
+    proc = mtrec(*args, "--accept-config-changes")
+    assert "under a changed config" in proc.stderr and _events(run, "resume")[-1]["step"] == 40
+    assert "lr: 0.01" in (run / "config.yaml").read_text()
+
+
 def test_plan_is_saved_next_to_every_checkpoint(trained_2ranks):
     plan = (trained_2ranks / "plan.txt").read_text()
     assert "sparse_arch.ebc.t_" in plan
