@@ -320,17 +320,19 @@ RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.early_stopping.pa
                      "train.log_every_steps", "data.", "sharding.", "eval.")
 
 
-def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(key path, saved value, current value) of every leaf that differs between two resolved
-    configs (as dicts), in key order."""
-    changes = []
-    for key in [*saved, *(k for k in current if k not in saved)]:
-        path, old, new = f"{prefix}{key}", saved.get(key), current.get(key)
-        if isinstance(old, Mapping) and isinstance(new, Mapping):
-            changes += config_changes(old, new, f"{path}.")
-        elif old != new:
-            changes.append((path, old, new))
-    return changes
+def differing_keys(a: Any, b: Any, path: str = "") -> list[str]:
+    """Key paths (`train.dense_optimizer.lr`) where two config dicts differ, in sorted key order."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in differing_keys(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if a == b else [path]
+
+
+def value_at(tree: Mapping[str, Any], key: str) -> Any:
+    """The value at a key path of a config dict (None where a part is missing)."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, Mapping) else None
+    return tree
 
 
 def check_resumed_config(saved_text: str, source: str, cfg: JobConfig, accept: bool) -> list[str]:
@@ -341,7 +343,8 @@ def check_resumed_config(saved_text: str, source: str, cfg: JobConfig, accept: b
         saved = to_dict(from_dict(JobConfig, saved))
     except ConfigError:  # a key this version no longer has: compared as written
         pass
-    changes = config_changes(saved, to_dict(cfg))
+    current = to_dict(cfg)
+    changes = [(key, value_at(saved, key), value_at(current, key)) for key in differing_keys(saved, current)]
     refused = [f"{key}: {old!r} -> {new!r}" for key, old, new in changes if not _resumable(key)]
     if refused and not accept:
         raise ConfigError(f"{source}: the run was trained with another config ({'; '.join(refused)}): resuming it "

@@ -22,7 +22,7 @@ from torchrec.distributed import DistributedModelParallel
 from models.factory import build_model
 from models.inputs import InputSpec
 from models.typed_config import ConfigError, to_dict
-from pipeline.config import JobConfig, load_job_config
+from pipeline.config import JobConfig, differing_keys, load_job_config, value_at
 from pipeline.data.schema import SCHEMA_FILE, DatasetSchema
 from pipeline.data.units import expand_parquet
 from pipeline.runtime.inference import eval_batches, run_inference
@@ -67,8 +67,8 @@ def checkpoint_config(checkpoint: Path, config: Optional[str], overrides: list[s
     given = load_job_config(config if config is not None else stored_path, overrides)
     differing = differing_keys(to_dict(stored.model), to_dict(given.model), "model")
     for key in set(differing) & set(SERVING_KEYS):
-        log.info("%s: %s (the checkpoint was trained serving %s)", key, _at(to_dict(given), key),
-                 _at(to_dict(stored), key))
+        log.info("%s: %s (the checkpoint was trained serving %s)", key, value_at(to_dict(given), key),
+                 value_at(to_dict(stored), key))
     differing = [key for key in differing if key not in SERVING_KEYS]
     if differing:
         source = f"--config {config}" if config is not None else "the overrides"
@@ -76,20 +76,6 @@ def checkpoint_config(checkpoint: Path, config: Optional[str], overrides: list[s
                           f"{', '.join(differing[:8])}{' ...' if len(differing) > 8 else ''}; omit --config and "
                           "model.* overrides to use the checkpoint's")
     return given
-
-
-def _at(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
-
-
-def differing_keys(a: Any, b: Any, path: str) -> list[str]:
-    """Key paths where two config dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b), key=str)
-                for k in differing_keys(a.get(key), b.get(key), f"{path}.{key}")]
-    return [] if a == b else [path]
 
 
 @dataclass(frozen=True)
