@@ -278,9 +278,10 @@ def main() -> None:
              f"`mtrec prepare census` (edu_def associates_plus); validation = the 49,881-row valid split. "
              f"Wall time of this invocation: {time.perf_counter() - started:.0f} s; sum of the listed runs' own "
              f"wall times: {sum(r['wall_s'] for rs in records.values() for r in rs):.0f} s.",
-             "", "Rows (overrides on top of `configs/census_adatt.yaml`; ablation rows add "
-             f"`{' '.join(CURVE)}`):", ""]
+             "", "Rows (each: its config, the `mtrec prepare census` option, its overrides; the ablation rows "
+             f"start from `{Row.config}`, the census recipe before the study, and add `{' '.join(CURVE)}`):", ""]
     lines += [f"- `{n}`: {ROWS[n].factor}; `--preprocess {ROWS[n].preprocess or '(default)'}`"
+              + (f" on `{ROWS[n].config}`" if ROWS[n].config != Row.config else "")
               + "".join(f" `{o}`" for o in ROWS[n].overrides if o not in CURVE) for n in ROWS if records[n]]
     lines += ablation_lines(records)
     for name in FINAL:
