@@ -37,6 +37,9 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
                    help="job YAML; default: the one stored with the checkpoint. A config whose model differs "
                         "from the checkpoint's is refused")
     p.add_argument("--data", required=True, help="Parquet glob or a dataset split directory")
+    p.add_argument("--different-encoding", action="store_true",
+                   help="score a dataset whose encoding (vocabularies, normalisation) differs from the training "
+                        "data's; refused without it (docs/DATA.md)")
 
 
 def run(args: argparse.Namespace) -> None:

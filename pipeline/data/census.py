@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 from pipeline.runtime.atomic import atomic_dir
 from pipeline.data.census_mmoeex import PREPROCESS as MMOEEX_PREPROCESS, MMoEExEncoder
 from pipeline.data.census_raw import COLUMNS, RAW_FILES, numeric_column, raw_paths, read_raw, sha256
-from pipeline.data.schema import (DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
-                                  existing_dataset)
+from pipeline.data.schema import (ENCODING_KEY, DatasetSchema, DenseColumn, SparseColumn, SplitWriter, TaskColumn,
+                                  encoding_digest, existing_dataset)
 from pipeline.data.table.spec import DenseSpec
 from pipeline.data.table.transforms import DenseFitter, DenseStats, encode_dense
 
@@ -107,6 +107,10 @@ def prepare_census(out: str | os.PathLike, raw_dir: Optional[str] = None, edu_de
             writer.write(table)
             splits[split] = writer.close()
         prep = _provenance(params, encoder, data.num_rows, test.num_rows, half)
+        # the features are a function of the raw files and the preprocessing (seed and edu_def choose
+        # the split and a label only): the same digest, the same encoding
+        prep[ENCODING_KEY] = encoding_digest({"census": params["raw_sha256"], "preprocess": preprocess,
+                                              "onehot_dim": onehot_dim if mmoeex is not None else None})
         if mmoeex is not None:  # its own features: the mtrec encoding notes do not apply
             prep.pop("dense_ranges")
             prep["normalisation"] = "MMoEEx-MTL's: see mmoeex (pipeline/data/census_mmoeex.py)"

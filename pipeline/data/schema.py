@@ -8,11 +8,14 @@ docs/DATA.md is the human-readable reference of every key.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +25,8 @@ from models.inputs import InputSpec, Pooling, SparseFeature, Task, TaskKind
 from models.typed_config import ConfigError, dump_yaml, from_dict, parse_yaml, to_dict
 from pipeline.runtime.atomic import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 SCHEMA_FILE = "schema.yaml"
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
@@ -29,6 +34,20 @@ FORMAT_VERSION = 1
 
 class DataError(ValueError):
     """Bad data in a Parquet file; the message names the file, column and row group."""
+
+
+# prep key: a digest of what the dataset's feature values mean (vocabularies, normalisation, hashing).
+# Two datasets with the same digest encode a raw row the same way, so a model trained on one scores
+# the other as it was trained; `mtrec evaluate` refuses a differing one (docs/DATA.md).
+ENCODING_KEY = "encoding_sha256"
+
+
+def encoding_digest(parts: Any, texts: Iterable[str] = ()) -> str:
+    """sha256 of `parts` (JSON, keys sorted) followed by `texts` (e.g. vocabulary values, in order)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
 
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -202,6 +221,30 @@ class DatasetSchema:
             ),
             tasks=tuple(Task(t.name, t.kind, t.loss_weight) for t in self.tasks),
         )
+
+    @property
+    def encoding(self) -> Optional[str]:
+        """The digest of the feature encoding (ENCODING_KEY), None for datasets written without one."""
+        return self.prep.get(ENCODING_KEY)
+
+    def check_encoded_like(self, trained: "DatasetSchema", accept: bool = False,
+                           anyway: str = "scoring it anyway (--different-encoding)") -> None:
+        """Refuse (DataError) to feed this dataset to a model trained on `trained` when their encoding
+        digests differ: the same ids and dense values would mean other things to the model. Datasets
+        without a digest (written before it existed, or generated) are not checked; `accept` lets a
+        differing one through with a warning that ends with `anyway`."""
+        if self.encoding is None or trained.encoding is None or self.encoding == trained.encoding:
+            return
+        what = (f"{self.root} ({self.name!r}) is encoded differently from the data the model was trained on "
+                f"({trained.name!r}, schema stored in {trained.root}): other vocabularies, normalisation or hashing")
+        if accept:
+            log.warning("%s; %s", what, anyway)
+            return
+        how = ("encode the logs with the training data's statistics: `mtrec prepare table --spec SPEC --input LOGS "
+               "--reuse-stats TRAINING_DATASET --out DIR`" if "fitted" in trained.prep else
+               "prepare it with the same options as the training data (e.g. the same --preprocess)")
+        raise DataError(f"{what}, so its ids and feature values would mean other things to the model. To score "
+                        f"it, {how}; or pass --different-encoding to score it anyway")
 
     @property
     def dense_dim(self) -> int:

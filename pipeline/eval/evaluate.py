@@ -37,14 +37,18 @@ from pipeline.runtime.sharding import plan_sharding, wrap_model
 log = logging.getLogger(__name__)
 
 
-def schema_for(data_paths: list[str], checkpoint: Path) -> DatasetSchema:
-    """The dataset's schema.yaml when the files sit in a prepared dataset's split directory, else
-    the one stored with the checkpoint (the training dataset's contract)."""
+def schema_for(data_paths: list[str], checkpoint: Path, different_encoding: bool = False) -> DatasetSchema:
+    """The dataset's schema.yaml when the files sit in a prepared dataset's split directory (refused
+    when it is encoded differently from the training data, unless `different_encoding`), else the
+    one stored with the checkpoint (the training dataset's contract)."""
     dataset_dir = Path(data_paths[0]).parent.parent
-    if (dataset_dir / SCHEMA_FILE).is_file():
-        return DatasetSchema.load(dataset_dir)
     stored = checkpoint if (checkpoint / SCHEMA_FILE).is_file() else run_dir_of(checkpoint)
-    return DatasetSchema.load(stored)
+    if not (dataset_dir / SCHEMA_FILE).is_file():
+        return DatasetSchema.load(stored)
+    schema = DatasetSchema.load(dataset_dir)
+    if (stored / SCHEMA_FILE).is_file():
+        schema.check_encoded_like(DatasetSchema.load(stored), different_encoding)
+    return schema
 
 
 # Model keys that choose how trained weights are served, not what was trained: they may differ from
@@ -109,7 +113,7 @@ def inference_job(args: argparse.Namespace) -> Iterator[InferenceJob]:
     ckpt = resolve_checkpoint(args.checkpoint, args.which)
     cfg = checkpoint_config(ckpt, args.config, args.overrides)
     paths = expand_parquet(args.data, "--data")
-    schema = schema_for(paths, ckpt)
+    schema = schema_for(paths, ckpt, args.different_encoding)
     inputs = schema.input_spec()
     ctx = init_distributed()
     try:

@@ -348,6 +348,10 @@ class Trainer:
                 raise ckpt.CheckpointError(f"--resume: no complete checkpoint under {self.run_dir}/checkpoints")
             if init_from is not None:  # fine-tune: the weights only, any world size and plan
                 source = ckpt.resolve_checkpoint(init_from)
+                if self.ctx.is_main and (source / SCHEMA_FILE).is_file():
+                    self.schema.check_encoded_like(DatasetSchema.load(source), accept=True,
+                                                   anyway="fine-tuning from it anyway: its weights start from "
+                                                          "another encoding's ids and scales")
                 meta = ckpt.load_checkpoint(source, self.model, None, self.ctx)
                 self.run_log.write("init_from", 0, {"checkpoint": str(source), "step": meta["step"]})
             return Progress()

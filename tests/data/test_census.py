@@ -179,3 +179,16 @@ def test_mtrec_features_are_min_max_scaled(tmp_path):
 def test_missing_raw_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="census-income.data.gz"):
         prepare_census(out=tmp_path / "out", raw_dir=str(tmp_path))
+
+
+def test_the_encoding_digest_follows_the_features_not_the_split_or_labels(tmp_path):
+    """Same raw files and preprocessing: the same digest (another seed or education label changes no
+    feature); another preprocessing: another digest, so a model is not scored on the wrong features."""
+    _fake_raw(tmp_path / "raw", [])
+    digests = {}
+    for name, extra in {"default": {}, "seed_1": {"seed": 1}, "bachelors": {"edu_def": "bachelors_plus"},
+                        "min_max": {"preprocess": "mtrec"}}.items():
+        prepare_census(out=tmp_path / name, raw_dir=str(tmp_path / "raw"), row_group_rows=64, **extra)
+        digests[name] = DatasetSchema.load(tmp_path / name).encoding
+    assert digests["default"] == digests["seed_1"] == digests["bachelors"] != digests["min_max"]
+    assert len(digests["default"]) == 64

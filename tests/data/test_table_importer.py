@@ -338,3 +338,21 @@ def test_unquoted_dates_as_time_cutoffs_give_the_same_dataset(hard_csv, tmp_path
     prepare_table(unquoted, tmp_path / "unquoted_ds")
     for split in SPLIT_LINES:
         assert read_split(tmp_path / "unquoted_ds", split) == read_split(tmp_path / "quoted_ds", split)
+
+
+def test_reused_statistics_keep_the_encoding_digest_and_a_fresh_fit_changes_it(hard_csv, tmp_path):
+    first = tmp_path / "first"
+    prepare_table(hard_csv, first)
+    new_dir = tmp_path / "new"
+    new_dir.mkdir()
+    (new_dir / "log.csv").write_text("\n".join([HEADER, ROWS[7], ROWS[1], ROWS[9], ROWS[3]]) + "\n")
+    renamed = [dict(f, column=f.get("column", f["name"])) for f in SPEC["dense"]]  # the source spelled out
+    spec = write_spec(new_dir, dict(SPEC, dense=renamed, splits={"method": "files"},
+                                    inputs={"files": {"train": ["log.csv"]}}))
+    prepare_table(spec, tmp_path / "reused", reuse_stats=str(first))
+    prepare_table(spec, tmp_path / "refit")
+    digest = {name: DatasetSchema.load(tmp_path / name).encoding for name in ("first", "reused", "refit")}
+    assert digest["first"] == digest["reused"] != digest["refit"]
+    with pytest.raises(DataError, match=r"encoded differently .* --reuse-stats TRAINING_DATASET"):
+        DatasetSchema.load(tmp_path / "refit").check_encoded_like(DatasetSchema.load(first))
+    DatasetSchema.load(tmp_path / "reused").check_encoded_like(DatasetSchema.load(first))

@@ -64,6 +64,19 @@ def test_resuming_under_another_training_config_is_refused_unless_accepted(censu
     assert "lr: 0.01" in (run / "config.yaml").read_text()
 
 
+def test_scoring_a_differently_encoded_dataset_is_refused_unless_asked(trained_2ranks, tmp_path):
+    """min-max census features given to a model trained on log1p + z-score ones: same columns and
+    shapes, other meanings; refused naming the dataset and the way out (exit 2)."""
+    other = tmp_path / "census_min_max"
+    mtrec("prepare", "census", "--preprocess", "mtrec", "--out", str(other))
+    args = ("evaluate", "--checkpoint", str(trained_2ranks), "--data", str(other / "test"), "--out", str(tmp_path / "r"))
+    proc = mtrec(*args, check=False)
+    assert proc.returncode == 2 and "is encoded differently from the data the model was trained on" in proc.stderr
+    assert "--different-encoding" in proc.stderr and not (tmp_path / "r" / "report.json").exists()
+    proc = mtrec(*args, "--different-encoding")
+    assert "scoring it anyway (--different-encoding)" in proc.stderr and (tmp_path / "r" / "report.json").is_file()
+
+
 def test_plan_is_saved_next_to_every_checkpoint(trained_2ranks):
     plan = (trained_2ranks / "plan.txt").read_text()
     assert "sparse_arch.ebc.t_" in plan

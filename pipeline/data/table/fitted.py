@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from models.typed_config import ConfigError
-from pipeline.data.schema import DataError, DatasetSchema
+from pipeline.data.schema import DataError, DatasetSchema, encoding_digest
 from pipeline.data.table.readers import InputFile, read_all
 from pipeline.data.table.rows import RowState, dense_raw, rows_of
 from pipeline.data.table.spec import CategoricalSpec, TableSpec
@@ -36,6 +36,20 @@ class Fitted:
 
     def vocab_sizes(self) -> dict[str, int]:
         return {n: len(e.vocabulary) for n, e in self.encoders.items() if e.spec.encoding == "vocab"}
+
+    def encoding_digest(self, spec: TableSpec) -> str:
+        """What a raw value becomes: each feature's steps (not its source column, which new logs may
+        name differently, nor fit-only settings such as min_count, whose result is below), the fitted
+        statistics, and every vocabulary in id order."""
+        dense = {d.name: {"transform": list(d.transform), "invalid": d.invalid, **asdict(self.dense[d.name])}
+                 for d in spec.dense}
+        categorical = {c.name: {"encoding": c.encoding, "buckets": c.buckets, "multi_hot": c.multi_hot,
+                                "separator": c.separator, "num_embeddings": self.encoders[c.name].num_embeddings,
+                                "boundaries": [float(b) for b in self.encoders[c.name].boundaries]}
+                       for c in spec.categorical}
+        vocabularies = (text for name in sorted(self.encoders) if self.encoders[name].vocabulary is not None
+                        for text in (f"vocabulary {name}", *self.encoders[name].vocabulary.values.to_pylist()))
+        return encoding_digest({"dense": dense, "categorical": categorical}, vocabularies)
 
     def save(self, dataset_dir: Path) -> dict:
         """Write the vocabularies; return the `prep.fitted` mapping."""

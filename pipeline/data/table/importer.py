@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from models.typed_config import ConfigError, to_dict
-from pipeline.data.schema import (SPLITS, DataError, DatasetSchema, DenseColumn, SparseColumn, SplitInfo,
-                                  SplitWriter, TaskColumn, existing_dataset)
+from pipeline.data.schema import (ENCODING_KEY, SPLITS, DataError, DatasetSchema, DenseColumn, SparseColumn,
+                                  SplitInfo, SplitWriter, TaskColumn, existing_dataset)
 from pipeline.data.table.fitted import Fitted, fit_stats, load_fitted
 from pipeline.data.table.labels import sample_weights
 from pipeline.data.table.readers import InputFile, RawBatch, file_columns, read_all, resolve_inputs
@@ -73,7 +73,7 @@ def prepare_table(spec_path: str | os.PathLike, out: str | os.PathLike, inputs: 
             stop.set()  # a failed pass 1 does not wait for the hashing to finish
     with atomic_dir(out, overwrite=overwrite) as tmp:
         infos, counts = write_splits(spec, files, fitted, tmp)
-        prep = {"params": params, "fitted": fitted.save(tmp),
+        prep = {"params": params, "fitted": fitted.save(tmp), ENCODING_KEY: fitted.encoding_digest(spec),
                 "summary": counts.as_dict(infos, fitted.vocab_sizes(), ignored)}
         schema = dataset_schema(spec, fitted, infos, prep)
         schema.save(tmp)
