@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -123,3 +124,22 @@ def test_documented_session_runs_as_written(doc, heading, tmp_path):
     traced = [line for line in proc.stderr.splitlines() if line.startswith("+ ")]
     assert proc.returncode == 0, (f"{doc}, section '{heading}': `{traced[-1][2:] if traced else '?'}` exited "
                                   f"{proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}")
+
+
+@pytest.mark.slow
+def test_make_run_runs_as_written(tmp_path):
+    """README's first command, `make run`, in a scratch checkout with MTREC_MAX_STEPS=20: set-up is a
+    no-op on the prepared .venv, then census is prepared, trained on 2 ranks and scored through TorchX,
+    and the per-task test table is printed."""
+    env = job_env()
+    env["MTREC_MAX_STEPS"] = "20"
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHXCONFIG"):
+        env.pop(name, None)
+    checkout = scratch_checkout(tmp_path / "checkout")
+    proc = subprocess.run(["make", "run"], env=env, capture_output=True, text=True, timeout=900, cwd=checkout)
+    assert proc.returncode == 0, f"make run exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| income", "| never_married", "| education"], proc.stdout
+    assert all(line.split(" | ")[1] == "49,881" for line in table[2:])  # the whole test split, once
+    report = json.loads((checkout / "runs" / "census_adatt_dml" / "report_test" / "report.json").read_text())
+    assert report["trained_world_size"] == 2 and report["step"] <= 20

@@ -112,6 +112,9 @@ def inference_job(args: argparse.Namespace) -> Iterator[InferenceJob]:
     `args`: checkpoint, which, config (optional), overrides, data."""
     ckpt = resolve_checkpoint(args.checkpoint, args.which)
     cfg = checkpoint_config(ckpt, args.config, args.overrides)
+    if (Path(args.data) / SCHEMA_FILE).is_file():  # every split below it would be scored as one log
+        raise ValueError(f"--data {args.data} is a whole dataset (it has {SCHEMA_FILE}): pass the split to score, "
+                         f"e.g. --data {Path(args.data) / 'test'}")
     paths = expand_parquet(args.data, "--data")
     schema = schema_for(paths, ckpt, args.different_encoding)
     inputs = schema.input_spec()

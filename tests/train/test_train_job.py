@@ -77,6 +77,14 @@ def test_scoring_a_differently_encoded_dataset_is_refused_unless_asked(trained_2
     assert "scoring it anyway (--different-encoding)" in proc.stderr and (tmp_path / "r" / "report.json").is_file()
 
 
+def test_scoring_a_whole_dataset_directory_asks_for_a_split(census_dir, trained_2ranks, tmp_path):
+    """--data DATASET (not DATASET/test) would score train, valid and test as one log."""
+    proc = mtrec("evaluate", "--checkpoint", str(trained_2ranks), "--data", str(census_dir), "--out",
+                 str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and f"--data {census_dir} is a whole dataset" in proc.stderr
+    assert f"--data {census_dir / 'test'}" in proc.stderr
+
+
 def test_plan_is_saved_next_to_every_checkpoint(trained_2ranks):
     plan = (trained_2ranks / "plan.txt").read_text()
     assert "sparse_arch.ebc.t_" in plan
