@@ -138,7 +138,9 @@ def test_make_run_runs_as_written(tmp_path):
     checkout = scratch_checkout(tmp_path / "checkout")
     proc = subprocess.run(["make", "run"], env=env, capture_output=True, text=True, timeout=900, cwd=checkout)
     assert proc.returncode == 0, f"make run exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    # TorchX streams the job's output to its stderr, each line after a "role/replica [rank]:" prefix
+    lines = [line.split("]:", 1)[-1] for line in (proc.stdout + proc.stderr).splitlines()]
+    table = [line for line in lines if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[2:]] == ["| income", "| never_married", "| education"], proc.stdout
     assert all(line.split(" | ")[1] == "49,881" for line in table[2:])  # the whole test split, once
     report = json.loads((checkout / "runs" / "census_adatt_dml" / "report_test" / "report.json").read_text())
