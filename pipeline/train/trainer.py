@@ -64,8 +64,20 @@ class Progress:
 
 
 def dataset_identity(schema: DatasetSchema) -> dict[str, Any]:
-    """What must not change under a resumed run: the dataset's name and its split row counts."""
-    return {"name": schema.name, "rows": {split: info.rows for split, info in sorted(schema.splits.items())}}
+    """What must not change under a resumed run: the dataset's name, its split row counts and, when
+    it has one, its encoding digest (the same rows prepared with other options mean other things)."""
+    identity = {"name": schema.name, "rows": {split: info.rows for split, info in sorted(schema.splits.items())}}
+    return {**identity, "encoding": schema.encoding} if schema.encoding is not None else identity
+
+
+def same_dataset(saved: Optional[dict[str, Any]], current: dict[str, Any]) -> bool:
+    """`saved` (a checkpoint's dataset_identity) names the dataset `current` describes; an identity
+    written before the encoding digest existed, or of a dataset without one, compares without it."""
+    if saved is None:
+        return False
+    if "encoding" not in saved or "encoding" not in current:
+        saved, current = ({k: v for k, v in d.items() if k != "encoding"} for d in (saved, current))
+    return saved == current
 
 
 def train_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
@@ -73,7 +85,7 @@ def train_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     cfg = _job_config(args)
     schema = DatasetSchema.load(args.data)
     if not args.no_resume:
-        check_resumable(cfg, Path(args.out), args.accept_config_changes)
+        check_resumable(cfg, schema, Path(args.out), args.accept_config_changes)
     ctx = init_distributed()
     try:
         trainer = Trainer(cfg, schema, Path(args.out), ctx)
@@ -88,14 +100,20 @@ def train_main(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         shutdown_distributed()
 
 
-def check_resumable(cfg: JobConfig, run_dir: Path, accept_changes: bool) -> None:
-    """A run directory with checkpoints is resumed under the config it was trained with, up to the
-    keys a resumed run may change (pipeline/config.py RESUMABLE_CHANGES); `accept_changes` lets the
-    others through with a warning. Checked before anything is built or RUN/config.yaml is rewritten."""
+def check_resumable(cfg: JobConfig, schema: DatasetSchema, run_dir: Path, accept_changes: bool) -> None:
+    """A run directory with checkpoints is resumed on the dataset it was trained on (same_dataset),
+    under the config it was trained with up to the keys a resumed run may change (pipeline/config.py
+    RESUMABLE_CHANGES; `accept_changes` lets the others through with a warning). Checked before
+    anything is built or RUN/config.yaml and RUN/schema.yaml are rewritten."""
     found = ckpt.complete_checkpoints(run_dir)
-    if not found or not (found[-1] / ckpt.CONFIG_FILE).is_file():
+    if not found:
         return
+    if not same_dataset(ckpt.read_meta(found[-1]).get("dataset"), dataset_identity(schema)):
+        raise ckpt.CheckpointError(f"{found[-1]}: written for a different dataset than {schema.root} (another name, "
+                                   "other split sizes or another encoding); --no-resume starts over")
     saved = found[-1] / ckpt.CONFIG_FILE
+    if not saved.is_file():
+        return
     changes = check_resumed_config(saved.read_text(encoding="utf-8"), str(saved), cfg, accept_changes)
     if changes and os.environ.get("RANK", "0") == "0":
         log.log(logging.WARNING if accept_changes else logging.INFO, "resuming %s under a changed config: %s",
@@ -357,8 +375,6 @@ class Trainer:
             return Progress()
         materialize_dense_state(self.optimizer)  # params are overwritten by the load right after
         meta = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.ctx, self.plan_text)
-        if meta.get("dataset") != dataset_identity(self.schema):
-            raise ckpt.CheckpointError(f"{found[-1]}: written for a different dataset than {self.schema.root}")
         # a finished run resumed with a larger budget (more epochs / steps) continues training
         progress = replace(Progress(**meta["progress"]), finished=False)
         saved_stream = progress.stream or StreamSettings(meta["world_size"], self.cfg.data.num_workers,

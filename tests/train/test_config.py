@@ -133,3 +133,13 @@ def test_a_resumed_run_may_change_budgets_and_plans_but_not_what_it_trains(tmp_p
             check_resumed_config(saved, "ckpt/config.yaml", changed, accept=False)
         assert any(line.startswith(key) for line in check_resumed_config(saved, "x", changed, accept=True))
 
+
+
+def test_a_dataset_identity_compares_the_encoding_only_where_both_have_one():
+    from pipeline.train.trainer import same_dataset
+
+    old = {"name": "d", "rows": {"train": 10}}  # a checkpoint written before the digest existed
+    new = {**old, "encoding": "a" * 64}
+    assert same_dataset(old, new) and same_dataset(new, old) and same_dataset(new, dict(new))
+    assert not same_dataset(new, {**new, "encoding": "b" * 64})
+    assert not same_dataset(new, {**new, "rows": {"train": 11}}) and not same_dataset(None, new)

@@ -64,17 +64,34 @@ def test_resuming_under_another_training_config_is_refused_unless_accepted(censu
     assert "lr: 0.01" in (run / "config.yaml").read_text()
 
 
-def test_scoring_a_differently_encoded_dataset_is_refused_unless_asked(trained_2ranks, tmp_path):
+@pytest.fixture(scope="module")
+def census_min_max(tmp_path_factory) -> Path:
+    """Census with the min-max features: the same name, columns, shapes and rows as census_dir."""
+    out = tmp_path_factory.mktemp("census_min_max") / "data"
+    mtrec("prepare", "census", "--preprocess", "mtrec", "--out", str(out))
+    return out
+
+
+def test_scoring_a_differently_encoded_dataset_is_refused_unless_asked(trained_2ranks, census_min_max, tmp_path):
     """min-max census features given to a model trained on log1p + z-score ones: same columns and
     shapes, other meanings; refused naming the dataset and the way out (exit 2)."""
-    other = tmp_path / "census_min_max"
-    mtrec("prepare", "census", "--preprocess", "mtrec", "--out", str(other))
-    args = ("evaluate", "--checkpoint", str(trained_2ranks), "--data", str(other / "test"), "--out", str(tmp_path / "r"))
+    args = ("evaluate", "--checkpoint", str(trained_2ranks), "--data", str(census_min_max / "test"),
+            "--out", str(tmp_path / "r"))
     proc = mtrec(*args, check=False)
     assert proc.returncode == 2 and "is encoded differently from the data the model was trained on" in proc.stderr
     assert "--different-encoding" in proc.stderr and not (tmp_path / "r" / "report.json").exists()
     proc = mtrec(*args, "--different-encoding")
     assert "scoring it anyway (--different-encoding)" in proc.stderr and (tmp_path / "r" / "report.json").is_file()
+
+
+def test_resuming_on_a_re_prepared_dataset_of_the_same_rows_is_refused(trained_2ranks, census_min_max, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_2ranks, run)
+    before = {name: (run / name).read_text() for name in ("config.yaml", "schema.yaml")}
+    proc = mtrec("train", "--config", CONFIG, "--data", str(census_min_max), "--out", str(run), "--max-steps", "45",
+                 check=False)
+    assert proc.returncode == 2 and "written for a different dataset" in proc.stderr and "another encoding" in proc.stderr
+    assert {name: (run / name).read_text() for name in before} == before  # refused before anything is written
 
 
 def test_scoring_a_whole_dataset_directory_asks_for_a_split(census_dir, trained_2ranks, tmp_path):
