@@ -38,6 +38,9 @@ def train(
     epochs: Optional[int] = None,
     seed: Optional[int] = None,
     overrides: Optional[List[str]] = None,
+    init_from: Optional[str] = None,
+    no_resume: bool = False,
+    accept_config_changes: bool = False,
     image: str = "mtrec:cpu",
     j: str = "1x2",
     cpu: int = 2,
@@ -59,6 +62,9 @@ def train(
         epochs: number of epochs (overrides train.epochs)
         seed: random seed (overrides train.seed)
         overrides: extra key=value config overrides, e.g. train.batch_size=512
+        init_from: fine-tune from the weights of this checkpoint or run directory (fresh optimizer and data position)
+        no_resume: start fresh even if out has checkpoints
+        accept_config_changes: resume although the model, optimizer, batch size or seed differ from the checkpoint's
         image: container image (ignored by local_cwd)
         j: [{min_nnodes}:]{nnodes}x{nproc_per_node}
         cpu: CPUs per replica
@@ -74,6 +80,9 @@ def train(
     for flag, value in (("--max-steps", max_steps), ("--epochs", epochs), ("--seed", seed)):
         if value is not None:
             args += [flag, str(value)]
+    if init_from is not None:
+        args += ["--init-from", init_from]
+    args += [flag for flag, on in (("--no-resume", no_resume), ("--accept-config-changes", accept_config_changes)) if on]
     args += list(overrides or [])
     return _ddp(args, "mtrec-train", image, j, cpu, gpu, memMB, max_retries, max_restarts, mounts, env, rdzv_port)
 
@@ -86,6 +95,8 @@ def evaluate(
     which: str = "best",
     write_predictions: bool = False,
     auc_mode: str = "bounded",
+    different_encoding: bool = False,
+    overrides: Optional[List[str]] = None,
     image: str = "mtrec:cpu",
     j: str = "1x1",
     cpu: int = 2,
@@ -105,6 +116,8 @@ def evaluate(
         which: with a run directory: best (by validation) or latest
         write_predictions: also write predictions to Parquet (one file per rank)
         auc_mode: bounded (histogram, certified error bound) or exact
+        different_encoding: score data encoded differently from the training data (refused without it)
+        overrides: key=value config overrides, e.g. model.dml.gkd.serve_head=local or eval.batch_size=4096
         image: container image (ignored by local_cwd)
         j: [{min_nnodes}:]{nnodes}x{nproc_per_node}
         cpu: CPUs per replica
@@ -118,6 +131,7 @@ def evaluate(
             "--auc-mode", auc_mode]
     if config is not None:
         args += ["--config", config]
-    if write_predictions:
-        args.append("--write-predictions")
+    args += [flag for flag, on in (("--write-predictions", write_predictions),
+                                   ("--different-encoding", different_encoding)) if on]
+    args += list(overrides or [])
     return _ddp(args, "mtrec-evaluate", image, j, cpu, gpu, memMB, 0, 0, mounts, env, rdzv_port)

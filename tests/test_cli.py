@@ -22,6 +22,7 @@ from models.typed_config import from_dict
 from pipeline.cli import build_parser, main, parse_args
 from pipeline.cli.options import help_examples
 from pipeline.config import JobConfig, apply_overrides, load_job_config, train_job_config
+from pipeline.components import evaluate as evaluate_component
 from pipeline.components import train as train_component
 from pipeline.train.run_log import ProgressBar
 from tests.conftest import REPO, VENV_BIN, job_env
@@ -347,6 +348,28 @@ def test_torchx_components_set_omp_num_threads():
     assert env["OMP_NUM_THREADS"] == "2"
     assert train_component(config="c.yaml", data="d", out="o", env={"OMP_NUM_THREADS": "3"}).roles[0].env[
         "OMP_NUM_THREADS"] == "3"
+
+
+def _component_argv(app) -> list[str]:
+    """The `mtrec` arguments a TorchX AppDef runs: what follows `-m pipeline` in its torchrun line."""
+    words = shlex.split(app.roles[0].args[-1])
+    return words[words.index("-m") + 2:]
+
+
+def test_torchx_components_pass_what_the_cli_accepts():
+    """Each component option reaches `mtrec` as the flag of the same meaning, and the CLI parses it."""
+    train_args = parse_args(_component_argv(train_component(
+        config="c.yaml", data="d", out="/tmp/mtrec-cli-test", max_steps=5, init_from="runs/a", no_resume=True,
+        accept_config_changes=True, overrides=["train.seed=1"])))
+    assert (train_args.init_from, train_args.no_resume, train_args.accept_config_changes, train_args.max_steps,
+            train_args.overrides) == ("runs/a", True, True, 5, ["train.seed=1"])
+    plain = parse_args(_component_argv(train_component(config="c.yaml", data="d", out="/tmp/mtrec-cli-test")))
+    assert (plain.init_from, plain.no_resume, plain.accept_config_changes) == (None, False, False)
+    eval_args = parse_args(_component_argv(evaluate_component(
+        checkpoint="runs/a", data="d/test", out="/tmp/mtrec-cli-test", different_encoding=True,
+        write_predictions=True, overrides=["model.dml.gkd.serve_head=local"])))
+    assert (eval_args.different_encoding, eval_args.write_predictions, eval_args.overrides) == (
+        True, True, ["model.dml.gkd.serve_head=local"])
 
 
 def test_every_declared_make_target_exists():
