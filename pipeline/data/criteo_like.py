@@ -57,7 +57,7 @@ from models.inputs import Task
 from models.typed_config import to_dict
 from pipeline.data.schema import (DatasetSchema, DenseColumn, SparseColumn, SplitInfo, TaskColumn, existing_dataset,
                                   splitmix64)
-from pipeline.data.synthetic import SplitSink, unit_uniform, zipf_ranks
+from pipeline.data.synthetic import GeneratedRows, SplitSink, unit_uniform, zipf_ranks
 from pipeline.metrics.multitask import MultiTaskMetrics
 from pipeline.runtime.atomic import atomic_dir
 
@@ -79,7 +79,7 @@ TASKS = (TaskColumn(name="click", label="click"),
 
 
 @dataclass(frozen=True)
-class CriteoLikeSpec:
+class CriteoLikeSpec(GeneratedRows):
     """Everything that determines a criteo-like dataset (the data depend on nothing else)."""
 
     rows: int
@@ -127,16 +127,6 @@ class CriteoLikeSpec:
             problems.append("need valid_fraction >= 0, test_fraction > 0, their sum < 1")
         if problems:
             raise ValueError("criteo-like spec: " + "; ".join(problems))
-
-    @property
-    def split_rows(self) -> dict[str, int]:
-        valid = round(self.rows * self.valid_fraction)
-        test = round(self.rows * self.test_fraction)
-        return {"train": self.rows - valid - test, "valid": valid, "test": test}
-
-    @property
-    def num_chunks(self) -> int:
-        return -(-self.rows // self.chunk_rows)
 
     def table_rows(self, cardinality: int) -> int:
         """The documented table-size rule: min(raw cardinality, max_table_rows)."""

@@ -45,8 +45,23 @@ log = logging.getLogger(__name__)
 _SQRT3 = math.sqrt(3.0)
 
 
+class GeneratedRows:
+    """How a generator's spec (`rows`, `valid_fraction`, `test_fraction`, `chunk_rows`) splits and
+    chunks its rows; shared by SyntheticSpec and the criteo-like spec."""
+
+    @property
+    def split_rows(self) -> dict[str, int]:
+        valid = round(self.rows * self.valid_fraction)
+        test = round(self.rows * self.test_fraction)
+        return {"train": self.rows - valid - test, "valid": valid, "test": test}
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.rows // self.chunk_rows)
+
+
 @dataclass(frozen=True)
-class SyntheticSpec:
+class SyntheticSpec(GeneratedRows):
     """Everything that determines a synthetic dataset (the data depend on nothing else)."""
 
     rows: int
@@ -87,16 +102,6 @@ class SyntheticSpec:
             problems.append("need noise_std >= 0, sin_terms >= 0, row_groups_per_file >= 1, embedding_dim >= 1")
         if problems:
             raise ValueError("synthetic spec: " + "; ".join(problems))
-
-    @property
-    def split_rows(self) -> dict[str, int]:
-        valid = round(self.rows * self.valid_fraction)
-        test = round(self.rows * self.test_fraction)
-        return {"train": self.rows - valid - test, "valid": valid, "test": test}
-
-    @property
-    def num_chunks(self) -> int:
-        return -(-self.rows // self.chunk_rows)
 
 
 @dataclass(frozen=True)
