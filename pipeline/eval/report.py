@@ -159,9 +159,9 @@ def label_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         ma, mb = a["tasks"][name], b["tasks"][name]
         for key in _LABEL_KEYS:
             va, vb = ma.get(key), mb.get(key)
-            if va is None and vb is None:
+            if va is None or vb is None:  # not in one report (an older one) or null (no rows: count says it)
                 continue
-            if va is None or vb is None or not np.isclose(va, vb, rtol=1e-9, atol=1e-12):
+            if not np.isclose(va, vb, rtol=1e-9, atol=1e-12):
                 lines.append(f"task {name}: {key} {_fmt(va)} in A, {_fmt(vb)} in B")
                 break
     return lines
