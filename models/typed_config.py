@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 # mtrec reads its YAML files (configs, table specs, overrides) like YAML 1.2, where PyYAML
-# implements YAML 1.1, in three places where 1.1 surprises people:
+# implements YAML 1.1, in four places where 1.1 surprises people:
 # - `1e-5`, `3E4`, `1.0e5` are numbers (1.1 wants a dot and a signed exponent: `lr: 1e-3` was a string);
 # - only true/false are booleans: `yes`, `no`, `on`, `off` are text (`equals: yes` matches "yes");
 # - dates and times are text (`cutoffs: {valid: 2024-01-08}`), parsed where a key expects one;

@@ -167,6 +167,11 @@ def label_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _data_of(report: Mapping[str, Any]) -> str:
+    """What a report scored: `mtrec evaluate`'s --data, or `mtrec metrics`'s --predictions."""
+    return str(report.get("data", report.get("inputs", {}).get("predictions", "?")))
+
+
 def compare_reports(path_a: str | os.PathLike, path_b: str | os.PathLike, different_data: bool = False) -> str:
     """Per-task deltas of report B against report A as a Markdown table.
 
@@ -181,9 +186,8 @@ def compare_reports(path_a: str | os.PathLike, path_b: str | os.PathLike, differ
     if mismatch and not different_data:
         raise DifferentDataError(
             f"{path_a} and {path_b} were not computed on the same examples ({'; '.join(mismatch)}; data "
-            f"{a.get('data', a.get('inputs', {}).get('predictions', '?'))} vs "
-            f"{b.get('data', b.get('inputs', {}).get('predictions', '?'))}): their deltas would mix the models with "
-            "the data. Score both models on the same split, or pass --different-data to compare anyway")
+            f"{_data_of(a)} vs {_data_of(b)}): their deltas would mix the models with the data. Score both "
+            "models on the same split, or pass --different-data to compare anyway")
     names = list(a["tasks"]) + [n for n in b["tasks"] if n not in a["tasks"]]
     empty: dict[str, Any] = {}
     binary, regression = [], []

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.typed_config import ConfigError
@@ -48,7 +50,7 @@ class Fitted:
                                 "boundaries": [float(b) for b in self.encoders[c.name].boundaries]}
                        for c in spec.categorical}
         vocabularies = (text for name in sorted(self.encoders) if self.encoders[name].vocabulary is not None
-                        for text in (f"vocabulary {name}", *self.encoders[name].vocabulary.values.to_pylist()))
+                        for text in (f"vocabulary {name}", *_joined(self.encoders[name].vocabulary.values)))
         return encoding_digest({"dense": dense, "categorical": categorical}, vocabularies)
 
     def save(self, dataset_dir: Path) -> dict:
@@ -67,6 +69,13 @@ class Fitted:
             categorical[name] = entry
         return {"hash": HASH_DOC, "ids": IDS_DOC, "dense": {n: asdict(s) for n, s in self.dense.items()},
                 "categorical": categorical}
+
+
+def _joined(values: pa.Array, block: int = 65536) -> Iterator[str]:
+    """The values as NUL-joined blocks: digested like one value at a time, without a Python string
+    per value of a vocabulary of millions held at once."""
+    for start in range(0, len(values), block):
+        yield "\0".join(values.slice(start, block).to_pylist())
 
 
 def fit_stats(spec: TableSpec, files: list[InputFile]) -> Fitted:
