@@ -55,8 +55,8 @@ from tqdm import tqdm
 
 from models.inputs import Task
 from models.typed_config import to_dict
-from pipeline.data.schema import (DatasetSchema, DenseColumn, SparseColumn, SplitInfo, TaskColumn, existing_dataset,
-                                  splitmix64)
+from pipeline.data.schema import (ENCODING_KEY, DatasetSchema, DenseColumn, SparseColumn, SplitInfo, TaskColumn,
+                                  existing_dataset, splitmix64)
 from pipeline.data.synthetic import GeneratedRows, SplitSink, unit_uniform, zipf_ranks
 from pipeline.metrics.multitask import MultiTaskMetrics
 from pipeline.runtime.atomic import atomic_dir
@@ -307,6 +307,7 @@ class CriteoLikeGenerator:
             "table_rows_rule": f"min(raw cardinality, max_table_rows={self.spec.max_table_rows})",
             "click_bias": float(geo.click_bias),
             "conversion_bias": float(geo.conversion_bias),
+            ENCODING_KEY: self.spec.encoding_digest(PRESET),
         }
 
 

@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from models.typed_config import to_dict
 from pipeline.runtime.atomic import atomic_dir
-from pipeline.data.schema import (DatasetSchema, DenseColumn, SparseColumn, SplitInfo, SplitWriter, TaskColumn,
-                                  existing_dataset, splitmix64)
+from pipeline.data.schema import (ENCODING_KEY, DatasetSchema, DenseColumn, SparseColumn, SplitInfo, SplitWriter,
+                                  TaskColumn, encoding_digest, existing_dataset, splitmix64)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,18 @@ _SQRT3 = math.sqrt(3.0)
 
 class GeneratedRows:
     """How a generator's spec (`rows`, `valid_fraction`, `test_fraction`, `chunk_rows`) splits and
-    chunks its rows; shared by SyntheticSpec and the criteo-like spec."""
+    chunks its rows, and what its features mean; shared by SyntheticSpec and the criteo-like spec."""
+
+    # Parameters that only choose which rows are drawn and how they are split and stored; every other
+    # one shapes the generating model (its seed included), so it is part of what an id or value means.
+    ROW_PARAMS = ("rows", "sample", "valid_fraction", "test_fraction", "chunk_rows", "row_group_rows",
+                  "row_groups_per_file")
+
+    def encoding_digest(self, generator: str) -> str:
+        """The dataset's encoding digest (pipeline/data/schema.py): the same for another draw of
+        rows from the same model (e.g. criteo-like `--sample 1`, or other `--rows`)."""
+        return encoding_digest({"generator": generator,
+                                **{k: v for k, v in to_dict(self).items() if k not in self.ROW_PARAMS}})
 
     @property
     def split_rows(self) -> dict[str, int]:
@@ -264,6 +275,7 @@ class SyntheticGenerator:
             "binary_thresholds": {f"t{t + 1}": float(v) for t, v in enumerate(self.thresholds)},
             "cos_w1_wt": cosines,
             "split_rows": "row_id = global row index; train = first rows, then valid, then test",
+            ENCODING_KEY: self.spec.encoding_digest("synthetic"),
         }
 
 

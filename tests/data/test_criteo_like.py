@@ -70,3 +70,10 @@ def test_written_dataset_is_compact_and_reads_back(tmp_path):
     assert batch.dense.shape == (256, 13) and batch.labels.shape == (256, 3)
     assert ((batch.masks[:, 1] == 1) == (batch.labels[:, 0] == 1)).all()  # conversion counts on clicks only
     assert "up to date" in prepare_criteo_like(spec, tmp_path / "d")  # same spec: kept
+
+
+def test_another_sample_of_the_same_model_keeps_the_encoding_digest():
+    """`--sample 1` (a scoring log of the scale benchmark) is scored by a model trained on sample 0."""
+    digest = CriteoLikeSpec(rows=1000, **SMALL).encoding_digest("criteo-like")
+    assert CriteoLikeSpec(rows=50, sample=1, **SMALL).encoding_digest("criteo-like") == digest
+    assert CriteoLikeSpec(rows=1000, seed=1, **SMALL).encoding_digest("criteo-like") != digest

@@ -119,3 +119,14 @@ def test_memory_does_not_grow_with_rows(tmp_path):
                              capture_output=True, text=True, check=True)
         peak[rows] = json.loads(out.stdout.strip().splitlines()[-1]) / 1024  # MiB
     assert peak[60_000] - peak[6_000] < 20, peak
+
+
+def test_the_encoding_digest_follows_the_generating_model_not_the_rows():
+    """Other rows, splits or chunking: the same model, the same digest; another seed or vocabulary:
+    another model, so a model trained on one is refused the other's data (docs/DATA.md)."""
+    base = SyntheticSpec(rows=1000, **SMALL)
+    same = [SyntheticSpec(rows=5000, **SMALL), SyntheticSpec(rows=1000, test_fraction=0.3, **dict(SMALL, chunk_rows=100))]
+    other = [SyntheticSpec(rows=1000, seed=1, **SMALL), SyntheticSpec(rows=1000, correlation=0.9, **SMALL)]
+    digest = base.encoding_digest("synthetic")
+    assert all(s.encoding_digest("synthetic") == digest for s in same)
+    assert all(s.encoding_digest("synthetic") != digest for s in other)
