@@ -345,7 +345,7 @@ def check_resumed_config(saved_text: str, source: str, cfg: JobConfig, accept: b
         pass
     current = to_dict(cfg)
     changes = [(key, value_at(saved, key), value_at(current, key)) for key in differing_keys(saved, current)]
-    refused = [f"{key}: {old!r} -> {new!r}" for key, old, new in changes if not _resumable(key)]
+    refused = [f"{key}: {old!r} -> {new!r}" for key, old, new in changes if not resumable_change(key)]
     if refused and not accept:
         raise ConfigError(f"{source}: the run was trained with another config ({'; '.join(refused)}): resuming it "
                           "would mix two trainings in one run. Use another --out with --init-from RUN to fine-tune "
@@ -354,7 +354,8 @@ def check_resumed_config(saved_text: str, source: str, cfg: JobConfig, accept: b
     return [f"{key}: {old!r} -> {new!r}" for key, old, new in changes]
 
 
-def _resumable(key: str) -> bool:
+def resumable_change(key: str) -> bool:
+    """A resumed run may change this config key (RESUMABLE_CHANGES)."""
     return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUMABLE_CHANGES)
 
 

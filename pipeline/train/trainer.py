@@ -32,7 +32,7 @@ from models.factory import build_model
 from models.inputs import InputSpec
 from models.multitask_model import MultiTaskModel
 from models.typed_config import ConfigError
-from pipeline.config import JobConfig, check_resumed_config, dump_job_config, train_job_config
+from pipeline.config import JobConfig, check_resumed_config, dump_job_config, resumable_change, train_job_config
 from pipeline.runtime.atomic import atomic_write_text
 from pipeline.data.reader import ParquetBatchStream, make_loader
 from pipeline.train.data_position import StreamSettings, consumed_keys, train_stream
@@ -115,8 +115,9 @@ def check_resumable(cfg: JobConfig, schema: DatasetSchema, run_dir: Path, accept
     if not saved.is_file():
         return
     changes = check_resumed_config(saved.read_text(encoding="utf-8"), str(saved), cfg, accept_changes)
-    if changes and os.environ.get("RANK", "0") == "0":
-        log.log(logging.WARNING if accept_changes else logging.INFO, "resuming %s under a changed config: %s",
+    if changes and os.environ.get("RANK", "0") == "0":  # a warning only for what --accept-config-changes let through
+        accepted = any(not resumable_change(line.partition(":")[0]) for line in changes)
+        log.log(logging.WARNING if accepted else logging.INFO, "resuming %s under a changed config: %s",
                 run_dir, "; ".join(changes))
 
 
